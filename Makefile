@@ -1,0 +1,26 @@
+# Two commands: `make demo` (the main job on RefShapes, CPU) and `make test` (the test suite).
+# Each creates .venv when missing and reinstalls the requirements only when requirements.txt changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements.stamp
+
+.PHONY: demo test clean-demo
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/run_demo.py --out outputs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$status
+
+clean-demo:
+	rm -rf outputs/demo data/refshapes weight_tiny

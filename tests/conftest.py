@@ -1,0 +1,27 @@
+"""Session-wide fixtures: a small RefShapes dataset and the tiny pretrained weights, each built once."""
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def refshapes_root(tmp_path_factory) -> Path:
+    """A small RefShapes dataset in the Ref-YouTube-VOS layout (train + valid with ground truth)."""
+    from datasets.refshapes import generate_refshapes
+
+    root = tmp_path_factory.mktemp("refshapes")
+    generate_refshapes(root, num_videos=8, num_valid_videos=3, num_frames=8, size=64, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """The tiny, randomly initialised pretrained folder in the layout of the real ``weight/``."""
+    from models.tiny_weights import build_tiny_weights
+
+    root = tmp_path_factory.mktemp("weights")
+    build_tiny_weights(root, seed=0)
+    return root
