@@ -1,0 +1,27 @@
+"""Write a tiny, randomly initialised but seeded pretrained set in the layout of ``weight/`` (for tests and the demo).
+
+    python scripts/make_tiny_weights.py --out weight_tiny [--seed 0]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scripts/ is not a package
+
+from models.tiny_weights import build_tiny_weights  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder (absent or empty); receives unet/, vae/, text_encoder/, tokenizer/, "
+                             "scheduler/, clip/ and roberta/")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random weights; the same seed gives identical files (default: 0)")
+    args = parser.parse_args()
+    build_tiny_weights(args.out, seed=args.seed)
+    print(f"Tiny pretrained weights written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
