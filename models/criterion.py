@@ -1,0 +1,132 @@
+"""Training losses of HCD for the slot the model selected, on every decoder layer."""
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from models.losses import dice_loss, sigmoid_focal_loss, subsample_stride2
+from models.matcher import SingleTargetMatcher, build_matcher
+from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+
+# Loss name -> key of cfg["loss"] holding its weight. Mask and dice weights apply at both resolutions.
+LOSS_WEIGHT_KEYS = {
+    "loss_ce": "cls",
+    "loss_bbox": "bbox",
+    "loss_giou": "giou",
+    "loss_mask": "mask",
+    "loss_dice": "dice",
+    "loss_mask_low": "mask",
+    "loss_dice_low": "dice",
+}
+
+
+class SetCriterion(nn.Module):
+    """Unweighted losses of one forward pass; ``weight_dict`` says how the engine weights them.
+
+    The match is not recomputed here: in training the model calls ``criterion.matcher`` itself (it must know
+    the slot before refining its mask at full resolution) and reports it as ``outputs["selected_query"]``.
+
+    Every loss is a sum over the batch divided by ``num_boxes``, the number of frames in which the target is
+    visible (averaged over processes, at least 1), as in ReferFormer:
+
+    - loss_ce: sigmoid focal loss over all T*Q logits; the target is 1 for the selected slot on valid frames.
+    - loss_bbox / loss_giou: L1 (summed over cx, cy, w, h) and 1 - GIoU of the selected slot's box on valid
+      frames (on all frames, against the zero box, with ``box_loss_on_invalid_frames=True`` as in the paper).
+    - loss_mask / loss_dice: focal loss (mean over pixels) and dice of the full-resolution refined mask
+      ``pred_masks`` against the padded ground truth, over the whole clip (T*H*W pixels at once).
+    - loss_mask_low / loss_dice_low: the same for the selected slot's stride-2 ``pred_masks_low`` against the
+      ground truth subsampled with stride 2 (offset 1).
+
+    The losses of ``outputs["aux_outputs"][i]`` (earlier decoder layers, each with its own selected slot and
+    refined mask) get the suffix ``_i``.
+    """
+
+    def __init__(self, matcher: SingleTargetMatcher, weight_dict: dict[str, float], focal_alpha: float = 0.25,
+                 focal_gamma: float = 2.0, box_loss_on_invalid_frames: bool = False):
+        super().__init__()
+        self.matcher = matcher
+        self.weight_dict = weight_dict
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.box_loss_on_invalid_frames = box_loss_on_invalid_frames
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
+        """Losses (scalar tensors) by name.
+
+        outputs: pred_logits [B, T, Q, 1], pred_boxes [B, T, Q, 4] (normalised cxcywh), pred_masks_low
+            [B, T, Q, Hp/2, Wp/2] and pred_masks [B, T, Hp, Wp] (logits; the latter of the selected slot only),
+            selected_query long [B], and optionally aux_outputs: a list of dicts with the same keys.
+        targets: B dicts with boxes [T, 4] (normalised cxcywh), valid [T], masks [T, Hp, Wp] (padded size).
+        """
+        num_boxes = count_valid_frames(targets, outputs["pred_logits"].device)
+        losses = self.layer_losses(outputs, targets, num_boxes)
+        for i, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
+            aux_losses = self.layer_losses(aux_outputs, targets, num_boxes)
+            losses.update({f"{name}_{i}": value for name, value in aux_losses.items()})
+        return losses
+
+    def layer_losses(self, outputs: dict, targets: list[dict], num_boxes: float) -> dict[str, torch.Tensor]:
+        """The seven losses of one decoder layer's outputs."""
+        logits = outputs["pred_logits"].float()  # [B, T, Q, 1]
+        selected = outputs["selected_query"]  # [B]
+        device = logits.device
+        batch = torch.arange(logits.shape[0], device=device)
+        valid = torch.stack([target["valid"] for target in targets]).bool().to(device)  # [B, T]
+
+        is_target = F.one_hot(selected, logits.shape[2]).bool()[:, None, :] & valid[:, :, None]  # [B, T, Q]
+        loss_ce = sigmoid_focal_loss(logits, is_target[..., None], self.focal_alpha, self.focal_gamma).sum()
+
+        box_frames = torch.ones_like(valid) if self.box_loss_on_invalid_frames else valid
+        boxes = outputs["pred_boxes"].float()[batch, :, selected][box_frames]  # [V, 4]
+        target_boxes = torch.stack([target["boxes"] for target in targets]).float().to(device)
+        target_boxes = target_boxes[box_frames]  # [V, 4]
+        loss_bbox = (boxes - target_boxes).abs().sum()
+        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes)))
+        loss_giou = (1 - giou).sum()
+
+        target_masks = torch.stack([target["masks"] for target in targets]).float().to(device)  # [B, T, Hp, Wp]
+        loss_mask, loss_dice = self.mask_losses(outputs["pred_masks"], target_masks, "pred_masks")
+        masks_low = outputs["pred_masks_low"][batch, :, selected]  # [B, T, Hp/2, Wp/2]
+        loss_mask_low, loss_dice_low = self.mask_losses(masks_low, subsample_stride2(target_masks),
+                                                        "pred_masks_low")
+
+        losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou, "loss_mask": loss_mask,
+                  "loss_dice": loss_dice, "loss_mask_low": loss_mask_low, "loss_dice_low": loss_dice_low}
+        return {name: value / num_boxes for name, value in losses.items()}
+
+    def mask_losses(self, pred: torch.Tensor, target: torch.Tensor,
+                    name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Focal (mean over a clip's pixels) and dice, each summed over clips: pred/target [B, T, h, w]."""
+        if pred.shape != target.shape:
+            raise ValueError(f"{name} has shape {tuple(pred.shape)} but the ground-truth masks give "
+                             f"{tuple(target.shape)}; the padded input size must be a multiple of the model's "
+                             "largest stride (data.size_divisibility).")
+        pred, target = pred.float().flatten(1), target.flatten(1)  # [B, T*h*w]
+        focal = sigmoid_focal_loss(pred, target, self.focal_alpha, self.focal_gamma).mean(1).sum()
+        return focal, dice_loss(pred, target).sum()
+
+
+def count_valid_frames(targets: list[dict], device: torch.device) -> float:
+    """Valid frames in the batch, averaged over the processes of a distributed run, at least 1."""
+    count = torch.tensor(float(sum(int(target["valid"].sum()) for target in targets)), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    return count.clamp(min=1).item()
+
+
+def build_weight_dict(loss_cfg: dict, num_aux_layers: int) -> dict[str, float]:
+    """Weight of every loss name, the final layer's and those of ``num_aux_layers`` earlier layers."""
+    weights = {name: float(loss_cfg[key]) for name, key in LOSS_WEIGHT_KEYS.items()}
+    for i in range(num_aux_layers):
+        weights.update({f"{name}_{i}": float(loss_cfg[key]) for name, key in LOSS_WEIGHT_KEYS.items()})
+    return weights
+
+
+def build_criterion(cfg: dict) -> SetCriterion:
+    """The criterion of a resolved config (``cfg["loss"]``, ``cfg["model"]`` dec_layers/aux_loss) with its matcher."""
+    loss_cfg = cfg["loss"]
+    num_aux_layers = cfg["model"]["dec_layers"] - 1 if cfg["model"]["aux_loss"] else 0
+    return SetCriterion(build_matcher(cfg), build_weight_dict(loss_cfg, num_aux_layers),
+                        focal_alpha=loss_cfg["focal_alpha"], focal_gamma=loss_cfg.get("focal_gamma", 2.0),
+                        box_loss_on_invalid_frames=loss_cfg.get("boxes_on_invalid_frames", False))
