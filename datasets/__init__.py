@@ -1,0 +1,54 @@
+"""Datasets: ``build_dataset(name, split, cfg)`` and the Ref-YTVOS readers used by the inference scripts.
+
+A sample is ``(frames [T, 3, H, W], target)`` with ImageNet-normalised frames and the target keys
+"masks" [T, H, W] float {0, 1}, "boxes" [T, 4] normalised cxcywh (zero where absent), "valid" [T] long,
+"caption", "orig_size" [2], "size" [2], "frames" (names), "video", "exp_id", "kind" (A2D / JHMDB add
+"annotated_index" and "image_id"). Batch them with ``util.nested_tensor.collate_clips``.
+"""
+from torch.utils.data import Dataset
+
+from datasets.a2d import A2DSentences
+from datasets.jhmdb import JHMDBSentences
+from datasets.transforms_video import make_test_transforms, make_train_transforms
+from datasets.ytvos import YTVOSClips, YTVOSVideos, load_frames, read_meta_expressions
+
+__all__ = ["build_dataset", "load_frames", "read_meta_expressions"]
+
+NAMES = ("ytvos", "refshapes", "davis", "a2d", "jhmdb")
+SPLITS = {"train": "train", "valid": "valid", "val": "valid"}
+
+
+def build_dataset(name: str, split: str, cfg: dict) -> Dataset:
+    """The dataset ``name`` in {ytvos, refshapes, davis, a2d, jhmdb} for ``split`` "train" or "valid"/"val".
+
+    Training splits give augmented clips (``make_train_transforms``); "valid" gives evaluation samples
+    with the test transform: whole videos per expression for the Ref-YTVOS layout (ytvos, refshapes and
+    converted Ref-DAVIS17; the split needs ground truth), the test windows for A2D and JHMDB. Reads
+    ``cfg["data_root"]``, ``cfg["data"][num_frames, max_skip, reverse_prob, train_scales, max_size,
+    test_size]`` and ``cfg.get("seed", 0)``.
+    """
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose 'train' or 'valid' (alias 'val')")
+    split, root, data = SPLITS[split], cfg["data_root"], cfg["data"]
+    seed = cfg.get("seed", 0)
+    test_transforms = make_test_transforms(data["test_size"], data["max_size"])
+    if name == "jhmdb":
+        if split == "train":
+            raise ValueError("JHMDB-Sentences is for evaluation only (train on a2d); use split 'valid'")
+        return JHMDBSentences(root, data["num_frames"], test_transforms)
+    if name == "a2d":
+        if split == "train":
+            return A2DSentences(root, "train", data["num_frames"], make_train_transforms(cfg), seed)
+        return A2DSentences(root, "test", data["num_frames"], test_transforms, seed)
+    if split == "valid":
+        return YTVOSVideos(root, "valid", test_transforms)
+    if name == "refshapes" and data["reverse_prob"] > 0:
+        raise ValueError(
+            "RefShapes expressions describe motion, which reversed clips would contradict; "
+            "set data.reverse_prob: 0 for refshapes"
+        )
+    return YTVOSClips(
+        root, "train", data["num_frames"], data["max_skip"], data["reverse_prob"], make_train_transforms(cfg), seed
+    )

@@ -1,0 +1,314 @@
+"""Ref-YouTube-VOS layout: reading and validating it, training clips and whole-video evaluation items.
+
+Layout (also used by the converted Ref-DAVIS17 and by RefShapes)::
+
+    <root>/meta_expressions/<split>/meta_expressions.json
+        {"videos": {video: {"expressions": {exp_id: {"exp": str, "obj_id": str[, "kind": str]}},
+                            "frames": [frame names]}}}
+    <root>/<split>/JPEGImages/<video>/<frame>.jpg
+    <root>/<split>/Annotations/<video>/<frame>.png     palette PNG, pixel value = object id
+
+Frame names are always taken from the json (Ref-YTVOS frames are sparse: 00000, 00005, ...).
+"""
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from datasets.errors import DatasetFormatError
+from datasets.item_rng import EpochSeeded
+from util.box_ops import masks_to_boxes
+
+
+def meta_expressions_path(root: str | Path, split: str) -> Path:
+    return Path(root) / "meta_expressions" / split / "meta_expressions.json"
+
+
+def normalize_caption(text: str) -> str:
+    """Lower-case and collapse whitespace, as every RVOS loader does before tokenising."""
+    return " ".join(text.lower().split())
+
+
+def _check_video_entry(path: Path, video: str, entry) -> None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("expressions"), dict):
+        raise DatasetFormatError(f"{path}: video {video!r} has no 'expressions' object")
+    frames = entry.get("frames")
+    if not isinstance(frames, list) or not frames or not all(isinstance(f, str) for f in frames):
+        raise DatasetFormatError(f"{path}: video {video!r} needs a non-empty 'frames' list of frame names")
+    for exp_id, expression in entry["expressions"].items():
+        if not isinstance(expression, dict) or not isinstance(expression.get("exp"), str):
+            raise DatasetFormatError(f"{path}: video {video!r}, expression {exp_id!r} has no 'exp' string")
+
+
+def read_meta_expressions(root: str | Path, split: str) -> dict:
+    """Read and validate ``meta_expressions/<split>/meta_expressions.json`` against the frames on disk.
+
+    Returns ``{video: {"expressions": {...}, "frames": [...]}}`` (the json's ``"videos"`` object).
+    Raises ``FileNotFoundError`` (missing json, video folder or frame) or ``DatasetFormatError``
+    (unreadable json, missing keys), naming the file, video and frame.
+    """
+    path = meta_expressions_path(root, split)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: expected the Ref-YouTube-VOS layout under {root} "
+            f"(meta_expressions/{split}/meta_expressions.json); check data_root and the split name"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetFormatError(f"{path} is not valid json ({error}); re-download or regenerate it") from error
+    if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
+        raise DatasetFormatError(f"{path}: expected a top-level object with a 'videos' object")
+    image_root = Path(root) / split / "JPEGImages"
+    for video, entry in meta["videos"].items():
+        _check_video_entry(path, video, entry)
+        folder = image_root / video
+        if not folder.is_dir():
+            raise FileNotFoundError(f"video {video!r} is listed in {path} but its folder {folder} is missing")
+        on_disk = set(os.listdir(folder))
+        for frame in entry["frames"]:
+            if f"{frame}.jpg" not in on_disk:
+                raise FileNotFoundError(
+                    f"frame {frame!r} of video {video!r} is listed in {path} but {folder / (frame + '.jpg')} "
+                    "is missing"
+                )
+    return meta["videos"]
+
+
+def load_image(path: Path, video: str, frame: str, mode: str) -> Image.Image:
+    """Open and fully decode one image; a missing or corrupt file raises an error naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"video {video!r}, frame {frame!r}: {path} is missing")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert(mode) if mode else image.copy()
+    except OSError as error:
+        raise DatasetFormatError(
+            f"video {video!r}, frame {frame!r}: {path} is truncated or corrupt ({error}); re-extract it"
+        ) from error
+
+
+def load_frames(root: str | Path, split: str, video: str, frame_names: list[str]) -> list[Image.Image]:
+    """The RGB frames ``<root>/<split>/JPEGImages/<video>/<frame>.jpg`` in the given order."""
+    folder = Path(root) / split / "JPEGImages" / video
+    return [load_image(folder / f"{frame}.jpg", video, frame, "RGB") for frame in frame_names]
+
+
+def load_object_masks(
+    root: str | Path, split: str, video: str, frame_names: list[str], obj_id: int, size: tuple[int, int]
+) -> np.ndarray:
+    """Binary masks ``[T, H, W]`` of object ``obj_id`` from the palette PNGs of the given frames.
+
+    ``size`` is the ``(H, W)`` of the video frames; an annotation of another size is an error.
+    """
+    folder = Path(root) / split / "Annotations" / video
+    masks = []
+    for frame in frame_names:
+        path = folder / f"{frame}.png"
+        annotation = load_image(path, video, frame, mode="")
+        if annotation.mode not in ("P", "L"):
+            raise DatasetFormatError(
+                f"video {video!r}, frame {frame!r}: {path} is a {annotation.mode!r} image; expected a palette "
+                "('P') PNG whose pixel values are object ids"
+            )
+        ids = np.asarray(annotation)
+        if ids.shape != tuple(size):
+            raise DatasetFormatError(
+                f"video {video!r}, frame {frame!r}: annotation {path} is {ids.shape[1]}x{ids.shape[0]} (WxH) "
+                f"but the frame is {size[1]}x{size[0]}"
+            )
+        masks.append(ids == obj_id)
+    return np.stack(masks)
+
+
+def frame_size(frames: list[Image.Image], video: str, frame_names: list[str]) -> tuple[int, int]:
+    """The common ``(H, W)`` of a clip's frames; frames of different sizes are an error."""
+    width, height = frames[0].size
+    for frame, name in zip(frames, frame_names):
+        if frame.size != (width, height):
+            raise DatasetFormatError(
+                f"video {video!r}: frame {name!r} is {frame.size[0]}x{frame.size[1]} but frame "
+                f"{frame_names[0]!r} is {width}x{height}; all frames of a video must have one size"
+            )
+    return height, width
+
+
+def make_target(masks: np.ndarray, caption: str, size: tuple[int, int], **info) -> dict:
+    """The untransformed target of a clip: bool masks ``[T, H, W]``, xyxy pixel boxes, valid flags."""
+    masks = torch.from_numpy(masks)
+    valid = masks.flatten(1).any(dim=1).long()  # [T]
+    return {
+        "masks": masks,
+        "boxes": masks_to_boxes(masks),  # [T, 4] xyxy pixels, zero where absent
+        "valid": valid,
+        "caption": normalize_caption(caption),
+        "orig_size": torch.tensor(size, dtype=torch.long),
+        "size": torch.tensor(size, dtype=torch.long),
+        **info,
+    }
+
+
+def sample_clip_indices(
+    num_video_frames: int, anchor: int, num_frames: int, max_skip: int, rng: random.Random
+) -> list[int]:
+    """Sorted indices of a training clip of ``num_frames`` frames around ``anchor``.
+
+    The anchor, one local frame before and one after it (offsets drawn in ``1..max_skip``, clamped to the
+    video), then global frames drawn from the rest of the video. Frames repeat only when the video has
+    fewer than ``num_frames`` frames.
+    """
+    picked = [anchor]
+    for direction in (-1, 1):
+        local = min(max(anchor + direction * rng.randint(1, max_skip), 0), num_video_frames - 1)
+        if len(picked) < num_frames and local not in picked:
+            picked.append(local)
+    outside = [i for i in range(num_video_frames) if i < min(picked) or i > max(picked)]
+    inside = [i for i in range(min(picked), max(picked) + 1) if i not in picked]
+    for pool in (outside, inside):
+        needed = num_frames - len(picked)
+        picked += rng.sample(pool, min(needed, len(pool)))
+    picked += rng.choices(range(num_video_frames), k=num_frames - len(picked))
+    return sorted(picked)
+
+
+class YTVOSClips(EpochSeeded, Dataset):
+    """Training clips ``(frames [T, 3, H, W], target)`` from a Ref-YouTube-VOS-layout split.
+
+    One item per (video, expression, anchor) with anchors every ``num_frames`` frames. A clip is reversed
+    with probability ``reverse_prob``. Item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        num_frames: int,
+        max_skip: int,
+        reverse_prob: float,
+        transforms,
+        seed: int = 0,
+    ):
+        if num_frames < 1 or max_skip < 1 or not 0.0 <= reverse_prob <= 1.0:
+            raise ValueError(
+                f"need num_frames >= 1, max_skip >= 1 and 0 <= reverse_prob <= 1; got {num_frames}, {max_skip}, "
+                f"{reverse_prob}"
+            )
+        self.root, self.split = Path(root), split
+        self.num_frames, self.max_skip, self.reverse_prob = num_frames, max_skip, reverse_prob
+        self.transforms, self.seed = transforms, seed
+        self.videos = read_meta_expressions(root, split)
+        require_ground_truth(self.root, split, self.videos)
+        self.items = [
+            (video, exp_id, anchor)
+            for video, entry in sorted(self.videos.items())
+            for exp_id in sorted(entry["expressions"], key=_exp_order)
+            for anchor in range(0, len(entry["frames"]), num_frames)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        rng = self.rng_for(index)
+        video, exp_id, anchor = self.items[index]
+        entry = self.videos[video]
+        expression = entry["expressions"][exp_id]
+        obj_id = int(expression["obj_id"])
+        all_names = entry["frames"]
+        indices = sample_clip_indices(len(all_names), anchor, self.num_frames, self.max_skip, rng)
+        names = [all_names[i] for i in indices]
+        frames = load_frames(self.root, self.split, video, names)
+        size = frame_size(frames, video, names)
+        masks = load_object_masks(self.root, self.split, video, names, obj_id, size)
+        if not masks.any():
+            # The object is absent from the whole clip: re-anchor on a frame where it is visible.
+            anchor = self._visible_anchor(video, obj_id, size, rng)
+            indices = sample_clip_indices(len(all_names), anchor, self.num_frames, self.max_skip, rng)
+            names = [all_names[i] for i in indices]
+            frames = load_frames(self.root, self.split, video, names)
+            masks = load_object_masks(self.root, self.split, video, names, obj_id, size)
+        if rng.random() < self.reverse_prob:
+            frames, masks, names = frames[::-1], masks[::-1].copy(), names[::-1]
+        target = make_target(
+            masks, expression["exp"], size,
+            frames=names, video=video, exp_id=exp_id, kind=expression.get("kind", ""),
+        )
+        return self.transforms(frames, target, rng)
+
+    def _visible_anchor(self, video: str, obj_id: int, size: tuple[int, int], rng: random.Random) -> int:
+        names = self.videos[video]["frames"]
+        masks = load_object_masks(self.root, self.split, video, names, obj_id, size)
+        visible = np.flatnonzero(masks.reshape(len(names), -1).any(axis=1))
+        if len(visible) == 0:
+            raise DatasetFormatError(
+                f"video {video!r}: object id {obj_id} (from {meta_expressions_path(self.root, self.split)}) "
+                f"appears in none of the annotations under {self.root / self.split / 'Annotations' / video}; "
+                "the json's obj_id and the palette indices of the PNGs disagree"
+            )
+        return int(rng.choice(visible.tolist()))
+
+
+class YTVOSVideos(Dataset):
+    """Whole videos with ground truth, one item ``(frames [T, 3, H, W], target)`` per expression.
+
+    For local evaluation on a split that has ``Annotations`` and ``obj_id`` (RefShapes valid, converted
+    Ref-DAVIS17). All frames of the json, in order, with the deterministic test transform.
+    """
+
+    def __init__(self, root: str | Path, split: str, transforms):
+        self.root, self.split, self.transforms = Path(root), split, transforms
+        self.videos = read_meta_expressions(root, split)
+        require_ground_truth(self.root, split, self.videos)
+        self.items = [
+            (video, exp_id)
+            for video, entry in sorted(self.videos.items())
+            for exp_id in sorted(entry["expressions"], key=_exp_order)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        video, exp_id = self.items[index]
+        entry = self.videos[video]
+        expression = entry["expressions"][exp_id]
+        names = entry["frames"]
+        frames = load_frames(self.root, self.split, video, names)
+        size = frame_size(frames, video, names)
+        masks = load_object_masks(self.root, self.split, video, names, int(expression["obj_id"]), size)
+        target = make_target(
+            masks, expression["exp"], size,
+            frames=list(names), video=video, exp_id=exp_id, kind=expression.get("kind", ""),
+        )
+        return self.transforms(frames, target, random.Random(index))
+
+
+def _exp_order(exp_id: str) -> tuple[int, str]:
+    """Numeric exp ids in numeric order ("2" before "10"), others after them."""
+    return (int(exp_id), "") if exp_id.isdigit() else (1 << 62, exp_id)
+
+
+def require_ground_truth(root: Path, split: str, videos: dict) -> None:
+    """Check that a split can give masks: an ``Annotations`` folder and an integer ``obj_id`` per expression."""
+    path = meta_expressions_path(root, split)
+    annotations = root / split / "Annotations"
+    if not annotations.is_dir():
+        raise FileNotFoundError(
+            f"{annotations} not found: split {split!r} has no ground-truth masks (Ref-YouTube-VOS 'valid' has "
+            "none: use inference_ytvos.py and the submission server for it)"
+        )
+    for video, entry in videos.items():
+        for exp_id, expression in entry["expressions"].items():
+            obj_id = expression.get("obj_id")
+            if not (isinstance(obj_id, str | int) and str(obj_id).isdigit()):
+                raise DatasetFormatError(
+                    f"{path}: video {video!r}, expression {exp_id!r} needs an integer 'obj_id' "
+                    f"(the palette index of its object), got {obj_id!r}"
+                )

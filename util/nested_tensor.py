@@ -1,0 +1,85 @@
+"""Padded batches of video clips (``NestedTensor``) and the data loader's collate function.
+
+Clips in a batch have different frame sizes; they are zero-padded at the bottom and right to a common
+size rounded up to ``size_divisibility`` (the coarsest feature stride), and a boolean mask marks the
+padding (``True`` = padding), as in DETR.
+"""
+import math
+
+import torch
+
+
+class NestedTensor:
+    """A padded batch: ``tensors`` ``[B, T, 3, Hp, Wp]`` and its padding ``mask`` ``[B, T, Hp, Wp]``."""
+
+    def __init__(self, tensors: torch.Tensor, mask: torch.Tensor):
+        self.tensors = tensors
+        self.mask = mask
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "NestedTensor":
+        return NestedTensor(
+            self.tensors.to(device, non_blocking=non_blocking), self.mask.to(device, non_blocking=non_blocking)
+        )
+
+    def decompose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tensors [B, T, 3, Hp, Wp], mask [B, T, Hp, Wp])``."""
+        return self.tensors, self.mask
+
+    def __repr__(self) -> str:
+        return f"NestedTensor(tensors={tuple(self.tensors.shape)}, mask={tuple(self.mask.shape)})"
+
+
+def padded_size(sizes: list[tuple[int, int]], size_divisibility: int) -> tuple[int, int]:
+    """The ``(Hp, Wp)`` that holds every ``(H, W)`` in ``sizes``, rounded up to ``size_divisibility``."""
+    height = max(h for h, _ in sizes)
+    width = max(w for _, w in sizes)
+    if size_divisibility > 1:
+        height = math.ceil(height / size_divisibility) * size_divisibility
+        width = math.ceil(width / size_divisibility) * size_divisibility
+    return height, width
+
+
+def nested_tensor_from_videos(videos: list[torch.Tensor], size_divisibility: int = 32) -> NestedTensor:
+    """Pad clips ``[T, 3, H_i, W_i]`` (same T) into a ``NestedTensor`` ``[B, T, 3, Hp, Wp]``.
+
+    Pixels are padded with 0 at the bottom and right; ``mask`` is ``True`` on the padding.
+    """
+    lengths = {video.shape[0] for video in videos}
+    if len(lengths) != 1:
+        raise ValueError(f"all clips of a batch need the same number of frames, got lengths {sorted(lengths)}")
+    num_frames = lengths.pop()
+    height, width = padded_size([tuple(video.shape[-2:]) for video in videos], size_divisibility)
+    first = videos[0]
+    tensors = first.new_zeros((len(videos), num_frames, first.shape[1], height, width))
+    mask = torch.ones((len(videos), num_frames, height, width), dtype=torch.bool, device=first.device)
+    for index, video in enumerate(videos):
+        h, w = video.shape[-2:]
+        tensors[index, :, :, :h, :w] = video
+        mask[index, :, :h, :w] = False
+    return NestedTensor(tensors, mask)
+
+
+def collate_clips(
+    batch: list[tuple[torch.Tensor, dict]], size_divisibility: int = 32
+) -> tuple[NestedTensor, list[str], list[dict]]:
+    """Collate ``(frames [T, 3, H, W], target)`` samples into ``(NestedTensor, captions, targets)``.
+
+    Each target's ``"masks"`` ``[T, H, W]`` is zero-padded to ``[T, Hp, Wp]`` like the frames, so the
+    criterion can compare masks at the full padded resolution; the other entries are kept as they are
+    (``"boxes"`` stay normalised by the unpadded ``"size"``). Use ``functools.partial(collate_clips,
+    size_divisibility=...)`` as a DataLoader's ``collate_fn``.
+    """
+    videos = [frames for frames, _ in batch]
+    samples = nested_tensor_from_videos(videos, size_divisibility)
+    height, width = samples.tensors.shape[-2:]
+    targets = []
+    for _, target in batch:
+        target = dict(target)
+        if "masks" in target:
+            masks = target["masks"]
+            padded = masks.new_zeros((masks.shape[0], height, width))
+            padded[:, : masks.shape[1], : masks.shape[2]] = masks
+            target["masks"] = padded
+        targets.append(target)
+    captions = [target["caption"] for target in targets]
+    return samples, captions, targets
