@@ -1,0 +1,107 @@
+"""The hybrid segmentation head of HCD.
+
+Two branches produce, per query and frame, ``c`` channels at stride 8 that are a sub-pixel patch of the mask
+(``c = 16``: a 4x4 patch, pixel-shuffled to stride 2). They are summed in logit space:
+
+- **dot product** (MaskFormer-style): the encoder memory levels, resized to stride 8, are mixed by a learned
+  ``Linear(num_levels, c)`` into ``c`` per-pixel embeddings that each query is dotted with;
+- **dynamic convolution** (CondInst/ReferFormer-style): a controller MLP turns each query into the weights of
+  ``controller_layers`` 1x1 convolutions applied to the summed memory levels plus the pixels' coordinates
+  relative to the query's box centre.
+
+The level count and the channel count come from the configuration; nothing is tied to 3 levels or 16 channels.
+"""
+import torch
+from einops import rearrange
+from torch import nn
+from torch.nn import functional as F
+
+from models.mlp import MLP
+
+
+def relative_coordinates(centres: torch.Tensor, size: tuple[int, int], valid_ratios: torch.Tensor) -> torch.Tensor:
+    """Offsets from each query's centre to each stride-8 cell centre, in units of the unpadded image.
+
+    Args:
+        centres: [N, Q, 2] normalised (x, y) of the queries' boxes in the unpadded image.
+        size: (h, w) of the stride-8 grid of the padded input.
+        valid_ratios: [N, 2] unpadded fraction (w, h) of the padded grid.
+    Returns:
+        [N, Q, 2, h, w] ``centre - cell``.
+    """
+    height, width = size
+    ys = (torch.arange(height, device=centres.device, dtype=centres.dtype) + 0.5) / height
+    xs = (torch.arange(width, device=centres.device, dtype=centres.dtype) + 0.5) / width
+    cell_x = xs[None, :] / valid_ratios[:, 0, None]  # [N, w]
+    cell_y = ys[None, :] / valid_ratios[:, 1, None]  # [N, h]
+    dx = centres[..., 0, None] - cell_x[:, None, :]  # [N, Q, w]
+    dy = centres[..., 1, None] - cell_y[:, None, :]  # [N, Q, h]
+    return torch.stack(
+        [dx[:, :, None, :].expand(-1, -1, height, -1), dy[:, :, :, None].expand(-1, -1, -1, width)], dim=2
+    )
+
+
+class HybridMaskHead(nn.Module):
+    """Per-query sub-pixel mask logits at stride 8 from the decoder queries and the encoder memory."""
+
+    def __init__(
+        self, hidden_dim: int, num_levels: int, mask_channels: int, controller_layers: int, rel_coord: bool
+    ):
+        super().__init__()
+        self.rel_coord = rel_coord
+        self.level_mix = nn.Linear(num_levels, mask_channels)
+        in_dims = [hidden_dim + (2 if rel_coord else 0)] + [mask_channels] * (controller_layers - 1)
+        self.weight_shapes = [(mask_channels, d) for d in in_dims]
+        num_params = sum(o * i + o for o, i in self.weight_shapes)
+        self.controller = MLP(hidden_dim, hidden_dim, num_params, 3)
+        for layer in self.controller.layers:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(
+        self, queries: torch.Tensor, memory: list[torch.Tensor], centres: torch.Tensor, valid_ratios: torch.Tensor
+    ) -> torch.Tensor:
+        """Mask features of every query.
+
+        Args:
+            queries: [N, Q, C] decoder output of one layer (N = frames).
+            memory: encoder memory levels [N, C, h_l, w_l]; the first one is at stride 8.
+            centres: [N, Q, 2] normalised box centres of the queries (detached by the caller).
+            valid_ratios: [N, 2] unpadded fraction (w, h) of the stride-8 grid.
+        Returns:
+            [N, Q, c, h, w] sub-pixel mask logits at stride 8.
+        """
+        size = memory[0].shape[-2:]
+        levels = [memory[0]] + [
+            F.interpolate(level, size=size, mode="bicubic", align_corners=False) for level in memory[1:]
+        ]
+        dot = self._dot_product(queries, torch.stack(levels, dim=-1))
+        dynamic = self._dynamic_convolution(queries, sum(levels), centres, valid_ratios)
+        return dot + dynamic
+
+    def _dot_product(self, queries: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
+        """queries [N, Q, C], stacked [N, C, h, w, L] -> [N, Q, c, h, w]."""
+        embeddings = self.level_mix(stacked)  # [N, C, h, w, c]
+        return torch.einsum("nqc,nchwk->nqkhw", queries, embeddings)
+
+    def _dynamic_convolution(
+        self, queries: torch.Tensor, features: torch.Tensor, centres: torch.Tensor, valid_ratios: torch.Tensor
+    ) -> torch.Tensor:
+        """queries [N, Q, C], features [N, C, h, w] -> [N, Q, c, h, w] through per-query 1x1 convolutions."""
+        params = self.controller(queries)  # [N, Q, P]
+        weights, biases, offset = [], [], 0
+        for out_dim, in_dim in self.weight_shapes:
+            weights.append(rearrange(params[..., offset : offset + out_dim * in_dim], "n q (o i) -> n q o i", o=out_dim))
+            offset += out_dim * in_dim
+        for out_dim, _ in self.weight_shapes:
+            biases.append(params[..., offset : offset + out_dim, None, None])
+            offset += out_dim
+        channels = features.shape[1]
+        x = torch.einsum("nqoc,nchw->nqohw", weights[0][..., :channels], features)
+        if self.rel_coord:
+            coords = relative_coordinates(centres, features.shape[-2:], valid_ratios)  # [N, Q, 2, h, w]
+            x = x + torch.einsum("nqoj,nqjhw->nqohw", weights[0][..., channels:], coords)
+        x = x + biases[0]
+        for weight, bias in zip(weights[1:], biases[1:]):
+            x = torch.einsum("nqoi,nqihw->nqohw", weight, F.relu(x)) + bias
+        return x
