@@ -1,0 +1,280 @@
+"""Train HCD, or evaluate a model (``--eval``).
+
+    python main.py --config configs/refshapes_tiny.yaml
+    torchrun --nproc_per_node 8 main.py --config configs/ytvos_hcd.yaml --device cuda
+    python main.py --resume outputs/demo/last.pth                      # continue that run exactly
+    python main.py --eval --resume outputs/demo/last.pth
+
+The YAML config gives every setting and the flags below override single keys (``--set key.sub=value`` for any
+other key). The resolved config is written to ``<output_dir>/config.yaml``; checkpoints
+(``checkpoint_step*.pth``, ``checkpoint_epoch*.pth`` and ``last.pth``, see ``util/checkpoint.py``), the JSON log
+``log.jsonl`` and TensorBoard scalars (``tb/``) go beside it. Under ``torchrun`` each process trains on its
+shard of every epoch with DDP (NCCL on GPU, gloo on CPU); ``train.batch_size`` is per process and the learning
+rate is used as given, whatever the number of processes.
+"""
+import argparse
+import random
+import warnings
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import MultiStepLR
+from torch.utils.data import DataLoader
+
+from datasets import build_dataset
+from engine import AMP_DTYPES, train_one_epoch
+from models import build_model
+from util.checkpoint import (CheckpointError, build_checkpoint, capture_rng_state, epoch_checkpoint_name,
+                             load_checkpoint, load_model_weights, restore_rng_state, save_checkpoint,
+                             step_checkpoint_name)
+from util.config import ConfigError, apply_overrides, get_key, load_config, save_config
+from util.distributed import all_gather_objects, cleanup, epoch_order, init_distributed, is_main_process
+from util.nested_tensor import collate_clips
+from util.train_log import TrainLog
+
+# Parameters of the deformable attention's sampling offsets and reference points (DETR-family convention).
+LINEAR_PROJ_NAMES = ("reference_points", "sampling_offsets")
+# What a resumed run cannot change: the restored optimizer, scheduler and data order embody these.
+RESUME_FIXED_KEYS = ("seed", "train.lr", "train.lr_linear_proj_mult", "train.weight_decay", "train.lr_drop")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML config of a new run, giving every setting (configs/*.yaml); not "
+                                         "with --resume, which continues with the config saved in the checkpoint")
+    parser.add_argument("--resume", metavar="PATH",
+                        help="checkpoint (.pth, e.g. <output_dir>/last.pth) to continue: weights, optimizer, "
+                             "scheduler, AMP scaler, RNG streams and position in the epoch are restored, so the "
+                             "run goes on as if never stopped (seed, lr, lr_drop, weight_decay cannot change then). "
+                             "With --eval: the weights to evaluate")
+    parser.add_argument("--eval", action="store_true",
+                        help="evaluate instead of training (evaluate.run_evaluation) on the config's dataset")
+    parser.add_argument("--data_root", help="dataset folder (config key data_root)")
+    parser.add_argument("--weights", help="folder of the pretrained components (config key weights)")
+    parser.add_argument("--output_dir", help="folder for checkpoints, config.yaml, log.jsonl, tb/ (config key "
+                                             "output_dir)")
+    parser.add_argument("--epochs", type=int, help="number of epochs to train (train.epochs)")
+    parser.add_argument("--max_steps", type=int,
+                        help="stop after this many optimizer steps in total, counted across epochs and resumes, "
+                             "and write a checkpoint; a limit of this invocation, not saved in the config "
+                             "(default: run all train.epochs)")
+    parser.add_argument("--batch_size", type=int, help="clips per process and step (train.batch_size)")
+    parser.add_argument("--lr", type=float, help="learning rate of the trainable parameters, used as given for "
+                                                 "any number of processes (train.lr)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (each torchrun process takes GPU LOCAL_RANK); default: cuda if available")
+    parser.add_argument("--amp", choices=tuple(AMP_DTYPES),
+                        help="mixed precision: none, bf16 (autocast) or fp16 (autocast + gradient scaler) "
+                             "(train.amp)")
+    parser.add_argument("--seed", type=int, help="seed of model initialisation, data order, augmentation and "
+                                                 "dropout (config key seed)")
+    parser.add_argument("--checkpoint_every", type=int, metavar="N",
+                        help="also write checkpoint_step<step>.pth every N optimizer steps "
+                             "(train.checkpoint_every)")
+    parser.add_argument("--num_workers", type=int, help="data loader worker processes (train.num_workers)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override any existing config key, value parsed as YAML, e.g. --set "
+                             "model.dropout=0.0 --set train.lr_drop=[3,5]; repeatable")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[dict, dict | None]:
+    """The resolved config of this run, and the checkpoint to resume from (or None)."""
+    checkpoint = load_checkpoint(args.resume) if args.resume else None
+    base = checkpoint["config"] if checkpoint is not None else load_config(args.config)
+    cfg = apply_overrides(base, args)
+    if "seed" not in cfg:
+        raise ConfigError("the config has no `seed`; add `seed: 42` to the YAML or pass --seed")
+    if checkpoint is not None and not args.eval:
+        changed = [key for key in RESUME_FIXED_KEYS if get_key(cfg, key) != get_key(checkpoint["config"], key)]
+        if changed:
+            raise ConfigError(f"--resume continues the saved run, whose optimizer, scheduler and data order fix "
+                              f"{changed}; start a new run with --config to change them")
+    return cfg, checkpoint
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def param_groups(model: torch.nn.Module, lr: float, linear_proj_mult: float) -> list[dict]:
+    """Trainable parameters at ``lr``, those named like ``LINEAR_PROJ_NAMES`` at ``lr * linear_proj_mult``."""
+    base, linear_proj = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (linear_proj if any(key in name for key in LINEAR_PROJ_NAMES) else base).append(param)
+    if not base and not linear_proj:
+        raise ValueError("the model has no trainable parameters (requires_grad)")
+    groups = [{"params": base, "lr": lr}]
+    if linear_proj:
+        groups.append({"params": linear_proj, "lr": lr * linear_proj_mult})
+    return groups
+
+
+def build_optimization(model: torch.nn.Module, train_cfg: dict, device: torch.device):
+    """``(AdamW, MultiStepLR stepped per epoch, GradScaler for fp16 AMP or None)`` from ``cfg["train"]``."""
+    optimizer = torch.optim.AdamW(param_groups(model, train_cfg["lr"], train_cfg["lr_linear_proj_mult"]),
+                                  lr=train_cfg["lr"], weight_decay=train_cfg["weight_decay"])
+    scheduler = MultiStepLR(optimizer, milestones=train_cfg["lr_drop"], gamma=0.1)
+    scaler = torch.amp.GradScaler(device.type) if train_cfg["amp"] == "fp16" else None
+    return optimizer, scheduler, scaler
+
+
+def restore_training(checkpoint: dict, model, optimizer, scheduler, scaler) -> tuple[int, int, int]:
+    """Load the checkpoint's weights and optimisation state; returns its ``(epoch, step, data_position)``.
+
+    A checkpoint without scaler state (trained without fp16) leaves a fresh scaler.
+    """
+    load_model_weights(model, checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if scaler is not None and checkpoint["scaler"] is not None:
+        scaler.load_state_dict(checkpoint["scaler"])
+    return checkpoint["epoch"], checkpoint["step"], checkpoint["data_position"]
+
+
+def build_train_loader(dataset, indices: list[int], batch_size: int, num_workers: int, size_divisibility: int,
+                       seed: int, epoch: int, pin_memory: bool) -> DataLoader:
+    """Batches of ``indices`` in order (an incomplete last batch is dropped)."""
+    batches = [indices[i:i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
+    # An own generator keeps the loader from drawing its worker base seed from the global torch RNG, which
+    # would shift the dropout stream of a resumed run against the uninterrupted one.
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
+                      collate_fn=partial(collate_clips, size_divisibility=size_divisibility),
+                      generator=torch.Generator().manual_seed(seed + epoch))
+
+
+def restore_run_rng(rng_states: list[dict], rank: int, world_size: int, data_position: int, seed: int) -> None:
+    """Continue this rank's RNG streams from the checkpoint (one state per rank of the saved run)."""
+    if len(rng_states) == world_size:
+        restore_rng_state(rng_states[rank])
+    elif data_position == 0:
+        warnings.warn(f"checkpoint written by {len(rng_states)} process(es), resumed with {world_size}: the RNG "
+                      "streams restart from the seed, so the run is not an exact continuation")
+        seed_everything(seed + rank)
+    else:
+        raise CheckpointError(f"this checkpoint stops inside an epoch of a {len(rng_states)}-process run; resume "
+                              f"it with --nproc_per_node {len(rng_states)} (or from an epoch checkpoint)")
+
+
+def train(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> None:
+    rank, world_size, local_rank = init_distributed(args.device)
+    try:
+        _train(args, cfg, checkpoint, rank, world_size, local_rank)
+    finally:
+        cleanup()
+
+
+def _train(args, cfg, checkpoint, rank, world_size, local_rank) -> None:
+    device = torch.device("cuda", local_rank) if args.device == "cuda" else torch.device("cpu")
+    train_cfg, seed = cfg["train"], cfg["seed"]
+    batch_size, max_steps = train_cfg["batch_size"], args.max_steps
+    output_dir = Path(cfg["output_dir"])
+
+    seed_everything(seed)  # the same initialisation on every rank
+    model, criterion = build_model(cfg)
+    model.to(device)
+    criterion.to(device)
+    optimizer, scheduler, scaler = build_optimization(model, train_cfg, device)
+    dataset = build_dataset(cfg["dataset"], "train", cfg)
+    epoch, step, position = 0, 0, 0
+    if checkpoint is not None:
+        epoch, step, position = restore_training(checkpoint, model, optimizer, scheduler, scaler)
+    train_model = model
+    if world_size > 1:
+        train_model = DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    train_log = None
+    if is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+        train_log = TrainLog(output_dir)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"training {trainable:,} parameters on {world_size} process(es), {len(dataset)} clips; "
+              f"from epoch {epoch} step {step}; output in {output_dir}")
+
+    if checkpoint is not None:
+        restore_run_rng(checkpoint["rng"], rank, world_size, position, seed)
+    else:
+        seed_everything(seed + rank)  # dropout differs between ranks
+    last_saved = step if checkpoint is not None else None
+
+    def save(name: str, saved_epoch: int, saved_position: int, saved_step: int) -> None:
+        nonlocal last_saved
+        rng = all_gather_objects(capture_rng_state())
+        if is_main_process():
+            state = build_checkpoint(model, optimizer, scheduler, scaler, epoch=saved_epoch, step=saved_step,
+                                     data_position=saved_position, rng=rng, config=cfg)
+            save_checkpoint(state, output_dir, name)
+        last_saved = saved_step
+
+    try:
+        while epoch < train_cfg["epochs"] and (max_steps is None or step < max_steps):
+            dataset.set_epoch(epoch)
+            order = epoch_order(len(dataset), seed, epoch, rank, world_size)
+            if len(order) < batch_size:
+                raise ValueError(f"the {cfg['dataset']} train split has {len(dataset)} clips: fewer than "
+                                 f"batch_size {batch_size} x {world_size} process(es)")
+            loader = build_train_loader(dataset, order[position:], batch_size, train_cfg["num_workers"],
+                                        cfg["data"]["size_divisibility"], seed, epoch, device.type == "cuda")
+            start = position
+
+            def on_step(done_step: int, batches_done: int) -> None:
+                if done_step % train_cfg["checkpoint_every"] == 0:
+                    save(step_checkpoint_name(done_step), epoch, start + batches_done * batch_size, done_step)
+
+            step, batches = train_one_epoch(
+                train_model, criterion, loader, optimizer, scaler, device, epoch, step=step, max_steps=max_steps,
+                amp=train_cfg["amp"], clip_max_norm=train_cfg["clip_max_norm"], log_every=train_cfg["log_every"],
+                train_log=train_log, on_step=on_step)
+            if batches < len(loader):  # max_steps reached inside the epoch
+                if last_saved != step:
+                    save(step_checkpoint_name(step), epoch, start + batches * batch_size, step)
+                break
+            scheduler.step()
+            epoch, position = epoch + 1, 0
+            save(epoch_checkpoint_name(epoch), epoch, 0, step)
+    finally:
+        if train_log is not None:
+            train_log.close()
+    if is_main_process():
+        print(f"stopped at step {step} ({epoch} epoch(s) completed); checkpoints in {output_dir}")
+
+
+def evaluate(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> None:
+    # Imported here so that training does not depend on the evaluation code and its extra packages.
+    from evaluate import run_evaluation
+
+    _, _, local_rank = init_distributed(args.device)
+    try:
+        seed_everything(cfg["seed"])
+        model, _ = build_model(cfg)
+        if checkpoint is not None:
+            load_model_weights(model, checkpoint["model"])
+        model.to(torch.device("cuda", local_rank) if args.device == "cuda" else torch.device("cpu"))
+        model.eval()
+        run_evaluation(model, cfg, args)
+    finally:
+        cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.config is None) == (args.resume is None):
+        parser.error("give exactly one of --config (a new run; with --eval: an untrained model) and --resume (a "
+                     "saved run and its config; override keys with flags or --set)")
+    cfg, checkpoint = resolve_config(args)
+    if args.eval:
+        evaluate(args, cfg, checkpoint)
+    else:
+        train(args, cfg, checkpoint)
+
+
+if __name__ == "__main__":
+    main()
