@@ -1,0 +1,161 @@
+"""Ref-DAVIS17 inference and evaluation: palette PNGs per annotator and the DAVIS-2017 unsupervised J&F.
+
+    python inference_davis.py --checkpoint outputs/davis/last.pth --weights weight \\
+        --data_root data/ref-davis --output_dir outputs/davis_valid --device cuda --davis_root data/DAVIS
+    python inference_davis.py --eval_only --davis_root data/DAVIS --results_dir outputs/davis_valid
+
+``--data_root`` is Ref-DAVIS17 converted to the Ref-YouTube-VOS layout (``scripts/convert_davis_to_ytvos.py``):
+four expressions per object, ``exp_id = 4 * object_index + a`` for annotator ``a`` (annot1-first, annot1-full,
+annot2-first, annot2-full). For each annotator and video, all objects' expressions run together over clips of
+``inference.clip_len`` frames (36); per frame, probabilities under the threshold (0.5) are set to 0, a constant
+0.1 background channel is put in front and the argmax gives the object ids, saved as DAVIS-palette PNGs at
+``<output_dir>/anno_<a>/<video>/<frame>.png``. Each annotator's folder is then scored with the DAVIS-2017
+unsupervised protocol (``util.davis_eval``); the reported number is the mean over the four annotators.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from datasets import load_frames, read_meta_expressions
+from datasets.errors import DatasetFormatError
+from inference_ytvos import add_model_arguments, load_predictor
+from util.davis_eval import evaluate_davis_unsupervised
+from util.davis_palette import palette_png_bytes
+from util.submission import write_folder
+
+NUM_ANNOTATORS = 4
+BACKGROUND_SCORE = 0.1
+
+
+def annotator_sentences(video: str, expressions: dict) -> list[list[str]]:
+    """``[annotator][object]`` sentences of one video whose expressions are grouped 4 per object."""
+    if len(expressions) % NUM_ANNOTATORS != 0:
+        raise DatasetFormatError(f"video {video!r} has {len(expressions)} expressions; converted Ref-DAVIS17 has "
+                                 f"{NUM_ANNOTATORS} per object (exp_id = 4 * object_index + annotator)")
+    num_objects = len(expressions) // NUM_ANNOTATORS
+    sentences = []
+    for annotator in range(NUM_ANNOTATORS):
+        exp_ids = [str(NUM_ANNOTATORS * index + annotator) for index in range(num_objects)]
+        missing = [exp_id for exp_id in exp_ids if exp_id not in expressions]
+        if missing:
+            raise DatasetFormatError(f"video {video!r} lacks expressions {missing}; converted Ref-DAVIS17 numbers "
+                                     f"them 0..{len(expressions) - 1} (exp_id = 4 * object_index + annotator)")
+        sentences.append([expressions[exp_id]["exp"] for exp_id in exp_ids])
+    return sentences
+
+
+def object_ids(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Per-object probabilities ``[O, T, H, W]`` -> uint8 ids ``[T, H, W]`` (0 background, object o is o + 1).
+
+    Probabilities under ``threshold`` count as 0 and a constant 0.1 background score competes with the objects.
+    """
+    scores = np.where(probabilities < threshold, 0.0, probabilities)
+    background = np.full((1, *scores.shape[1:]), BACKGROUND_SCORE, dtype=scores.dtype)
+    return np.concatenate([background, scores]).argmax(axis=0).astype(np.uint8)
+
+
+def run_inference(args: argparse.Namespace) -> None:
+    """Write the palette PNGs of every annotator to ``<output_dir>/anno_<a>``."""
+    predictor = load_predictor(args)
+    data_root = Path(args.data_root or predictor.cfg["data_root"])
+    clip_len = predictor.cfg["inference"]["clip_len"] if args.clip_len is None else args.clip_len
+    output_dir = Path(args.output_dir)
+    folders = [output_dir / f"anno_{annotator}" for annotator in range(NUM_ANNOTATORS)]
+    videos = read_meta_expressions(data_root, args.split)
+    for video, entry in tqdm(sorted(videos.items()), desc="videos", unit="video"):
+        frames = load_frames(data_root, args.split, video, entry["frames"])
+        for folder, sentences in zip(folders, annotator_sentences(video, entry["expressions"])):
+            probabilities = predictor.probabilities(frames, sentences, clip_len=clip_len)  # [O, T, H, W]
+            ids = object_ids(probabilities, predictor.threshold)
+            write_folder(folder / video, {f"{frame}.png": palette_png_bytes(frame_ids)
+                                          for frame, frame_ids in zip(entry["frames"], ids)})
+    print(f"wrote the palette PNGs of {len(videos)} videos to {', '.join(str(folder) for folder in folders)}")
+
+
+def annotator_folders(results_dir: Path) -> list[Path] | None:
+    """The ``anno_0..anno_3`` folders under ``results_dir``; None when it holds none (a single annotator)."""
+    folders = [results_dir / f"anno_{annotator}" for annotator in range(NUM_ANNOTATORS)]
+    present = [folder.is_dir() for folder in folders]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = [str(folder) for folder, here in zip(folders, present) if not here]
+        raise FileNotFoundError(f"{results_dir} holds some annotator folders but not {missing}; run the inference "
+                                f"for all four, or pass one anno_<a> folder as --results_dir")
+    return folders
+
+
+def evaluate_annotators(davis_root: Path, folders: list[Path]) -> dict:
+    """Evaluate each annotator's folder; ``{"J", "F", "JF"}`` means over them and ``per_annotator``."""
+    per_annotator = {}
+    for folder in folders:
+        result = evaluate_davis_unsupervised(davis_root, folder, split="val")
+        per_annotator[folder.name] = {key: result[key] for key in ("J", "F", "JF", "per_object")}
+    means = {key: float(np.mean([result[key] for result in per_annotator.values()])) for key in ("J", "F", "JF")}
+    return {**means, "per_annotator": per_annotator}
+
+
+def result_table(rows: dict[str, dict]) -> str:
+    """J, F and J&F of each named result, as aligned text."""
+    width = max(len("results"), *(len(name) for name in rows))
+    lines = [f"{'results':<{width}}  {'J':>6}  {'F':>6}  {'J&F':>6}"]
+    lines += [f"{name:<{width}}  {row['J']:6.4f}  {row['F']:6.4f}  {row['JF']:6.4f}" for name, row in rows.items()]
+    return "\n".join(lines)
+
+
+def report(davis_root: Path, results_dir: Path) -> None:
+    """Print the table and, as the last line, the JSON result of ``results_dir`` (one or four annotators)."""
+    folders = annotator_folders(results_dir)
+    if folders is None:
+        result = evaluate_davis_unsupervised(davis_root, results_dir, split="val")
+        result = {key: result[key] for key in ("J", "F", "JF", "per_object")}
+        print(result_table({results_dir.name: result}))
+    else:
+        result = evaluate_annotators(davis_root, folders)
+        print(result_table({**result["per_annotator"], "mean": result}))
+    print(json.dumps(result))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--eval_only", action="store_true",
+                        help="only evaluate --results_dir against --davis_root (no model); prints a table and, as "
+                             "the last line, a JSON object {J, F, JF, per_object}, or with anno_0..anno_3 inside "
+                             "--results_dir their means and per_annotator")
+    add_model_arguments(parser)
+    parser.add_argument("--data_root", help="converted Ref-DAVIS17 in the Ref-YouTube-VOS layout (default: the "
+                                            "config's `data_root`)")
+    parser.add_argument("--split", default="valid", help="split of --data_root to predict (default: valid)")
+    parser.add_argument("--output_dir", help="where anno_0..anno_3/<video>/<frame>.png are written")
+    parser.add_argument("--clip_len", type=int, help="frames per forward pass (default: the config's "
+                                                     "inference.clip_len, 36 in the paper)")
+    parser.add_argument("--davis_root", help="the DAVIS-2017 folder with ImageSets/2017/val.txt and "
+                                             "Annotations_unsupervised/480p; after inference, evaluates the four "
+                                             "annotators and prints their mean")
+    parser.add_argument("--results_dir", help="--eval_only: one annotator's folder (<video>/<frame>.png) or the "
+                                              "folder holding anno_0..anno_3")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.eval_only:
+        if not (args.davis_root and args.results_dir):
+            parser.error("--eval_only needs --davis_root and --results_dir")
+        report(Path(args.davis_root), Path(args.results_dir))
+        return 0
+    if not (args.checkpoint and args.output_dir):
+        parser.error("inference needs --checkpoint and --output_dir (or use --eval_only)")
+    run_inference(args)
+    if args.davis_root:
+        report(Path(args.davis_root), Path(args.output_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

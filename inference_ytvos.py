@@ -1,0 +1,222 @@
+"""Ref-YouTube-VOS inference: the submission tree and zip, a completeness check of a zip, and local J&F.
+
+    python inference_ytvos.py --checkpoint outputs/ytvos_hcd/last.pth --weights weight \\
+        --data_root data/ref-youtube-vos --output_dir outputs/ytvos_valid --device cuda
+    python inference_ytvos.py --check_zip outputs/ytvos_valid/submission.zip --data_root data/ref-youtube-vos
+    python inference_ytvos.py --score --pred_dir outputs/refshapes_valid --gt_root data/refshapes --split valid
+
+Inference writes ``<output_dir>/Annotations/<video>/<exp_id>/<frame>.png`` (8-bit "L", 0/255, original size, one
+per frame listed in the json) and ``<output_dir>/submission.zip`` with ``Annotations/`` at its root, the layout
+the Ref-YouTube-VOS server expects; the zip is written only once every PNG has been checked. Every video runs
+in one forward pass per clip with all its expressions (they share the backbone's work), the whole video as one
+clip unless ``--clip_len`` is given. Only the ``exp`` and ``frames`` of the json and the JPEG frames are read,
+as in the real valid split. The valid json of Ref-YouTube-VOS lists 507 videos: the 202 of the valid split and
+the 305 of the test split; the videos of ``meta_expressions/test/meta_expressions.json`` are dropped when that
+file is present.
+"""
+import argparse
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from datasets import load_frames, read_meta_expressions
+from datasets.errors import DatasetFormatError
+from datasets.ytvos import meta_expressions_path
+from util.config import load_config, save_config
+from util.submission import check_zip, expected_masks, mask_png_bytes, write_folder, write_submission_zip
+from util.ytvos_score import score_predictions
+
+TEST_JSON_HINT = ("the Ref-YouTube-VOS download's meta_expressions/test/meta_expressions.json; ReferFormer issue #6 "
+                  "links it")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that load a trained model (shared with ``inference_davis.py``)."""
+    parser.add_argument("--checkpoint", metavar="PATH",
+                        help="trained model: a checkpoint of main.py (.pth, e.g. <output_dir>/last.pth) or a folder "
+                             "written by Predictor.save_pretrained (config.yaml + model.safetensors)")
+    parser.add_argument("--config", help="YAML config to use instead of the one stored with --checkpoint (its "
+                                         "model must match the stored weights)")
+    parser.add_argument("--weights", help="folder of the pretrained components (default: the config's `weights`)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs")
+    parser.add_argument("--amp", default="none", choices=("none", "bf16"),
+                        help="bf16 autocast of the forward pass (for CUDA)")
+
+
+def load_predictor(args: argparse.Namespace):
+    """The ``Predictor`` that ``add_model_arguments``' flags describe."""
+    from models.predictor import Predictor  # torch and the model only for the modes that run it
+
+    cfg = load_config(args.config) if args.config else None
+    return Predictor.load(args.checkpoint, args.weights, cfg, args.device, args.amp)
+
+
+def read_test_videos(path: Path) -> set[str]:
+    """The video ids of a test ``meta_expressions.json``."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetFormatError(f"{path} is not valid json ({error}); download it again ({TEST_JSON_HINT})") from error
+    if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
+        raise DatasetFormatError(f"{path}: expected a top-level object with a 'videos' object")
+    return set(meta["videos"])
+
+
+def submission_videos(data_root: Path, split: str) -> dict:
+    """The json's videos of ``split`` that a submission covers: without the test videos for the valid split.
+
+    Says on stderr what it dropped, or (one line) that the test json is missing and all videos are kept.
+    """
+    videos = read_meta_expressions(data_root, split)
+    if split != "valid":
+        return videos
+    test_json = meta_expressions_path(data_root, "test")
+    if not test_json.is_file():
+        print(f"warning: {test_json} not found, so all {len(videos)} videos of "
+              f"{meta_expressions_path(data_root, split)} are used; the Ref-YouTube-VOS valid json lists 507 videos "
+              f"(202 valid + 305 test) and the server scores the 202: to drop the test videos put {TEST_JSON_HINT} "
+              f"there", file=sys.stderr)
+        return videos
+    test_videos = read_test_videos(test_json)
+    kept = {video: entry for video, entry in videos.items() if video not in test_videos}
+    print(f"dropped {len(videos) - len(kept)} test videos listed in {test_json}; {len(kept)} videos remain",
+          file=sys.stderr)
+    return kept
+
+
+def first_frame_sizes(data_root: Path, split: str, videos: dict) -> dict[str, tuple[int, int]]:
+    """``{video: (width, height)}`` of each video's first listed frame (header read only)."""
+    sizes = {}
+    for video, entry in videos.items():
+        with Image.open(data_root / split / "JPEGImages" / video / f"{entry['frames'][0]}.jpg") as image:
+            sizes[video] = image.size
+    return sizes
+
+
+def video_mask_files(exp_ids: list[str], frame_names: list[str], masks: np.ndarray) -> dict[str, bytes]:
+    """``{"<exp_id>/<frame>.png": PNG bytes}`` of bool masks ``[K, T, H, W]`` (K = ``exp_ids``, T = frames)."""
+    return {
+        f"{exp_id}/{frame}.png": mask_png_bytes(frame_mask)
+        for exp_id, video_masks in zip(exp_ids, masks)
+        for frame, frame_mask in zip(frame_names, video_masks)
+    }
+
+
+def run_inference(args: argparse.Namespace) -> int:
+    predictor = load_predictor(args)
+    data_root = Path(args.data_root or predictor.cfg["data_root"])
+    output_dir = Path(args.output_dir)
+    videos = submission_videos(data_root, args.split)
+    annotations = output_dir / "Annotations"
+    annotations.mkdir(parents=True, exist_ok=True)
+    save_config(predictor.cfg, output_dir / "config.yaml")
+    todo = {video: entry for video, entry in sorted(videos.items())
+            if not (args.skip_existing and (annotations / video).is_dir())}
+    if len(todo) < len(videos):
+        print(f"--skip_existing: keeping {len(videos) - len(todo)} video folders already in {annotations}",
+              file=sys.stderr)
+    for video, entry in tqdm(todo.items(), desc="videos", unit="video"):
+        exp_ids = list(entry["expressions"])
+        frames = load_frames(data_root, args.split, video, entry["frames"])
+        sentences = [entry["expressions"][exp_id]["exp"] for exp_id in exp_ids]
+        masks = predictor.segment(frames, sentences, clip_len=args.clip_len, threshold=args.threshold)
+        write_folder(annotations / video, video_mask_files(exp_ids, entry["frames"], masks))
+    expected = expected_masks(videos, first_frame_sizes(data_root, args.split, videos))
+    zip_path = output_dir / "submission.zip"
+    write_submission_zip(output_dir, zip_path, expected)
+    print(f"wrote {len(expected)} masks of {len(videos)} videos to {annotations} and {zip_path}")
+    return 0
+
+
+def run_check_zip(args: argparse.Namespace) -> int:
+    zip_path, data_root = Path(args.check_zip), Path(args.data_root)
+    if not zip_path.is_file():
+        print(f"{zip_path} does not exist", file=sys.stderr)
+        return 1
+    videos = submission_videos(data_root, args.split)
+    expected = expected_masks(videos, first_frame_sizes(data_root, args.split, videos))
+    try:
+        problems = check_zip(zip_path, expected)
+    except zipfile.BadZipFile as error:
+        print(f"{zip_path} is not a readable zip file ({error})", file=sys.stderr)
+        return 1
+    if problems:
+        print("\n".join(problems))
+        print(f"{zip_path}: {len(problems)} problems ({len(expected)} masks expected for {len(videos)} videos)")
+        return 1
+    print(f"{zip_path}: complete ({len(expected)} masks of {len(videos)} videos)")
+    return 0
+
+
+def score_table(scores: dict) -> str:
+    """The J, F and J&F of every expression kind and of all expressions, as aligned text."""
+    rows = [(kind, values["count"], values) for kind, values in scores["by_kind"].items()]
+    rows.append(("all", len(scores["per_expression"]), scores))
+    width = max(len("kind"), *(len(str(kind)) for kind, _, _ in rows))
+    lines = [f"{'kind':<{width}}  {'count':>6}  {'J':>6}  {'F':>6}  {'J&F':>6}"]
+    lines += [f"{kind:<{width}}  {count:>6}  {values['J']:6.4f}  {values['F']:6.4f}  {values['JF']:6.4f}"
+              for kind, count, values in rows]
+    return "\n".join(lines)
+
+
+def run_score(args: argparse.Namespace) -> int:
+    scores = score_predictions(args.pred_dir, args.gt_root, args.split)
+    print(score_table(scores))
+    print(json.dumps({key: scores[key] for key in ("J", "F", "JF", "per_expression", "by_kind")}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--score", action="store_true",
+                      help="score the prediction tree --pred_dir against --gt_root's --split (a split with ground "
+                           "truth); prints a table and, as the last line, a JSON object {J, F, JF, per_expression, "
+                           "by_kind}")
+    mode.add_argument("--check_zip", metavar="ZIP",
+                      help="check that ZIP is a complete submission for --data_root's --split: lists missing PNGs, "
+                           "wrong sizes or values and extra files; exit code 1 if anything is wrong")
+    add_model_arguments(parser)
+    parser.add_argument("--data_root", help="dataset root in the Ref-YouTube-VOS layout (default: the config's "
+                                            "`data_root`)")
+    parser.add_argument("--split", default="valid",
+                        help="split folder and meta_expressions/<split> json to predict, check or score; the "
+                             "videos of meta_expressions/test are dropped from 'valid' (default: valid)")
+    parser.add_argument("--output_dir", help="where Annotations/, submission.zip and config.yaml are written")
+    parser.add_argument("--clip_len", type=int,
+                        help="frames per forward pass (default: the whole video in one pass, as in the paper)")
+    parser.add_argument("--threshold", type=float,
+                        help="probability above which a pixel is foreground (default: the config's "
+                             "inference.threshold)")
+    parser.add_argument("--skip_existing", action="store_true",
+                        help="keep the video folders already under <output_dir>/Annotations (each is written "
+                             "whole, so they are complete) and predict only the others: resumes an interrupted run")
+    parser.add_argument("--pred_dir", help="--score: folder holding Annotations/<video>/<exp_id>/<frame>.png")
+    parser.add_argument("--gt_root", help="--score: dataset root with meta_expressions/<split> and "
+                                          "<split>/Annotations")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.score:
+        if not (args.pred_dir and args.gt_root):
+            parser.error("--score needs --pred_dir and --gt_root")
+        return run_score(args)
+    if args.check_zip:
+        if not args.data_root:
+            parser.error("--check_zip needs --data_root")
+        return run_check_zip(args)
+    if not (args.checkpoint and args.output_dir):
+        parser.error("inference needs --checkpoint and --output_dir (or use --score / --check_zip)")
+    return run_inference(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

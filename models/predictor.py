@@ -1,0 +1,213 @@
+"""Segment a video from sentences with a trained HCD: the API for notebooks, demos and the inference scripts.
+
+    predictor = Predictor.from_checkpoint("outputs/demo/last.pth", "weight_tiny")
+    masks = predictor.segment(frames, ["the red circle", "the square moving left"])  # bool [K, T, H, W]
+
+A video is preprocessed like the evaluation data (short side ``data.test_size``, long side <= ``data.max_size``,
+ImageNet normalisation, padding to ``data.size_divisibility``) and run once per clip with all K sentences: the
+backbone encodes the clip's frames once (VAE latents, CLIP image tokens) and shares them between the sentences.
+For each sentence the model refines the query slot with the best frame-averaged score (``models.hcd.best_query``);
+its logits are cropped to the unpadded size, upsampled bilinearly to the original size and passed through a
+sigmoid. Long videos go through in consecutive clips of ``clip_len`` frames overlapping by ``overlap`` frames;
+where clips overlap, the probabilities are averaged.
+
+``save_pretrained`` / ``from_pretrained`` store the resolved config and the trainable weights only
+(``config.yaml`` + ``model.safetensors``); the frozen pretrained components come from the weights folder.
+"""
+import copy
+import random
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file, save
+from torch.nn import functional as F
+
+from datasets.transforms_video import make_test_transforms
+from datasets.ytvos import normalize_caption
+from models import build_model
+from models.pretrained import load_pretrained
+from util.checkpoint import load_checkpoint, load_model_weights, trainable_state_dict
+from util.config import load_config
+from util.nested_tensor import nested_tensor_from_videos
+from util.submission import write_folder
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
+
+
+def clip_windows(num_frames: int, clip_len: int | None, overlap: int = 0) -> list[tuple[int, int]]:
+    """``(start, stop)`` frame ranges of consecutive clips that cover ``num_frames`` frames.
+
+    Each clip has ``clip_len`` frames (the last one may be shorter) and starts ``clip_len - overlap`` frames after
+    the previous one; ``clip_len`` None gives the whole video as one clip. ``clip_windows(5, 3, 1)`` is
+    ``[(0, 3), (2, 5)]``.
+    """
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {num_frames}")
+    if clip_len is None:
+        return [(0, num_frames)]
+    if clip_len < 1 or not 0 <= overlap < clip_len:
+        raise ValueError(f"need clip_len >= 1 and 0 <= overlap < clip_len, got clip_len={clip_len}, overlap={overlap}")
+    windows, start = [], 0
+    while True:
+        stop = min(start + clip_len, num_frames)
+        windows.append((start, stop))
+        if stop == num_frames:
+            return windows
+        start = stop - overlap
+
+
+def as_pil_frames(frames) -> list[Image.Image]:
+    """A video as a list of RGB PIL images: from PIL images or a uint8 array ``[T, H, W, 3]``."""
+    if isinstance(frames, np.ndarray):
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames as an array must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+        frames = [Image.fromarray(frame) for frame in frames]
+    frames = list(frames)
+    if not frames:
+        raise ValueError("the video has no frames; pass a non-empty list of PIL images or a [T, H, W, 3] array")
+    if not all(isinstance(frame, Image.Image) for frame in frames):
+        raise ValueError("frames must be PIL images or a uint8 [T, H, W, 3] array")
+    sizes = {frame.size for frame in frames}
+    if len(sizes) != 1:
+        raise ValueError(f"all frames of a video must have one size, got (width, height) {sorted(sizes)}")
+    return [frame if frame.mode == "RGB" else frame.convert("RGB") for frame in frames]
+
+
+def check_sentences(sentences: list[str]) -> list[str]:
+    """The sentences normalised as in training (lower case, single spaces); ValueError for an empty one."""
+    if isinstance(sentences, str):
+        raise ValueError("sentences must be a list of strings; wrap a single sentence in a list")
+    if not sentences:
+        raise ValueError("give at least one sentence")
+    normalised = []
+    for index, sentence in enumerate(sentences):
+        if not isinstance(sentence, str) or not sentence.strip():
+            raise ValueError(f"sentence {index} is empty ({sentence!r}); every sentence must describe an object")
+        normalised.append(normalize_caption(sentence))
+    return normalised
+
+
+class Predictor:
+    """A trained HCD in eval mode with its preprocessing; see the module docstring.
+
+    Args:
+        model: the HCD model (``build_model(cfg)[0]``) with its trained weights.
+        cfg: the resolved config (reads ``data.test_size``, ``data.max_size``, ``data.size_divisibility`` and
+            ``inference.threshold``).
+        device: where the model runs.
+        amp: "none" or "bf16" (autocast; meant for CUDA).
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: dict, device: str | torch.device = "cpu", amp: str = "none"):
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg = cfg
+        self.amp = amp
+        data = cfg["data"]
+        self.transforms = make_test_transforms(data["test_size"], data["max_size"])
+        self.size_divisibility = data["size_divisibility"]
+        self.threshold = cfg["inference"]["threshold"]
+
+    @classmethod
+    def from_state(cls, cfg: dict, state: dict[str, torch.Tensor], weights_dir, device="cpu", amp: str = "none"):
+        """Build the model of ``cfg`` on the pretrained components of ``weights_dir`` and load ``state`` strictly."""
+        cfg = copy.deepcopy(cfg)
+        cfg["weights"] = str(weights_dir)
+        model, _ = build_model(cfg, load_pretrained(weights_dir))
+        load_model_weights(model, state)
+        return cls(model, cfg, device, amp)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_path, weights_dir, device="cpu", amp: str = "none") -> "Predictor":
+        """Load a training checkpoint of ``main.py`` (config and trainable weights) on ``weights_dir``."""
+        checkpoint = load_checkpoint(checkpoint_path)
+        return cls.from_state(checkpoint["config"], checkpoint["model"], weights_dir, device, amp)
+
+    @classmethod
+    def from_pretrained(cls, folder, weights_dir, device="cpu", amp: str = "none") -> "Predictor":
+        """Load a folder written by ``save_pretrained`` on the pretrained components of ``weights_dir``."""
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{folder} is not a folder; pass the folder written by Predictor.save_pretrained")
+        return cls.load(folder, weights_dir, device=device, amp=amp)
+
+    @classmethod
+    def load(cls, path, weights_dir=None, cfg: dict | None = None, device="cpu", amp: str = "none") -> "Predictor":
+        """Load a ``main.py`` checkpoint (a ``.pth`` file) or a ``save_pretrained`` folder, whichever ``path`` is.
+
+        cfg: a config to use instead of the stored one (its trainable weights must still match the stored ones);
+        weights_dir: the pretrained components, by default the config's ``weights`` folder.
+        """
+        path = Path(path)
+        if path.is_dir():
+            for name in (CONFIG_FILE, WEIGHTS_FILE):
+                if not (path / name).is_file():
+                    raise FileNotFoundError(f"{path / name} is missing: {path} must be a folder written by "
+                                            f"Predictor.save_pretrained ({CONFIG_FILE} + {WEIGHTS_FILE})")
+            stored_cfg, state = load_config(path / CONFIG_FILE), load_file(path / WEIGHTS_FILE)
+        else:
+            checkpoint = load_checkpoint(path)
+            stored_cfg, state = checkpoint["config"], checkpoint["model"]
+        cfg = stored_cfg if cfg is None else cfg
+        return cls.from_state(cfg, state, cfg["weights"] if weights_dir is None else weights_dir, device, amp)
+
+    def save_pretrained(self, folder) -> Path:
+        """Write ``folder/config.yaml`` (resolved config) and ``folder/model.safetensors`` (trainable weights).
+
+        ``folder`` is replaced as a whole (``util.submission.write_folder``): it is always either the old one or
+        the complete new one. Returns ``folder``.
+        """
+        folder = Path(folder)
+        write_folder(folder, {
+            CONFIG_FILE: yaml.safe_dump(self.cfg, sort_keys=False).encode(),
+            WEIGHTS_FILE: save(trainable_state_dict(self.model)),
+        })
+        return folder
+
+    def probabilities(self, frames, sentences: list[str], clip_len: int | None = None, overlap: int = 0) -> np.ndarray:
+        """Per-pixel probabilities of each sentence's object: float32 ``[K, T, H, W]`` at the original size.
+
+        frames: the T frames of one video (PIL images or a uint8 ``[T, H, W, 3]`` array); sentences: K strings.
+        clip_len: frames per forward pass (None: the whole video at once); overlap: frames shared by
+        consecutive clips, whose probabilities are averaged.
+        """
+        frames = as_pil_frames(frames)
+        sentences = check_sentences(sentences)
+        width, height = frames[0].size
+        windows = clip_windows(len(frames), clip_len, overlap)
+        total = np.zeros((len(sentences), len(frames), height, width), dtype=np.float32)
+        counts = np.zeros(len(frames), dtype=np.float32)
+        for start, stop in windows:
+            total[:, start:stop] += self._clip_probabilities(frames[start:stop], sentences)
+            counts[start:stop] += 1
+        return total / counts[None, :, None, None]
+
+    def segment(self, frames, sentences: list[str], clip_len: int | None = None, overlap: int = 0,
+                threshold: float | None = None) -> np.ndarray:
+        """Binary masks bool ``[K, T, H, W]``: probabilities above ``threshold`` (default
+        ``inference.threshold`` of the config)."""
+        threshold = self.threshold if threshold is None else threshold
+        return self.probabilities(frames, sentences, clip_len, overlap) > threshold
+
+    @torch.inference_mode()
+    def _clip_probabilities(self, frames: list[Image.Image], sentences: list[str]) -> np.ndarray:
+        """One forward pass of one clip with all K sentences -> float32 ``[K, t, H, W]`` at the original size."""
+        width, height = frames[0].size
+        video, _ = self.transforms(frames, {}, random.Random(0))  # [t, 3, h, w]; the test transforms draw nothing
+        resized_h, resized_w = video.shape[-2:]
+        samples = nested_tensor_from_videos([video], self.size_divisibility).to(self.device)
+        dtype = AMP_DTYPES[self.amp]
+        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        with autocast:
+            outputs = self.model(samples, sentences)  # one clip, K captions
+        logits = outputs["pred_masks"][:, :, :resized_h, :resized_w].float()  # [K, t, h, w]
+        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        return logits.sigmoid().cpu().numpy()
+

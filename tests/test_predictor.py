@@ -1,0 +1,168 @@
+"""The inference API (models/predictor.py): clip windows, preprocessing, shared passes, overlap averaging,
+checkpoint and save_pretrained loading."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from models import build_model
+from models.predictor import Predictor, clip_windows
+from models.pretrained import load_pretrained
+from util.checkpoint import CHECKPOINT_KEYS, trainable_state_dict
+from util.config import load_config
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "refshapes_tiny.yaml"
+SENTENCES = ["the red circle", "a blue square moving left", "the small green triangle"]
+
+
+def tiny_config(weights: Path) -> dict:
+    cfg = load_config(CONFIG)
+    cfg["weights"] = str(weights)
+    cfg["data"]["test_size"] = cfg["data"]["max_size"] = 32  # small inputs keep the tests fast
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_weights) -> Predictor:
+    torch.manual_seed(0)
+    cfg = tiny_config(tiny_weights)
+    model, _ = build_model(cfg, load_pretrained(tiny_weights))
+    return Predictor(model, cfg)
+
+
+@pytest.fixture(scope="module")
+def video() -> np.ndarray:
+    """5 frames of 40 x 56 (H x W): not a multiple of the stride, so resizing and padding both matter."""
+    return (np.random.default_rng(0).random((5, 40, 56, 3)) * 255).astype(np.uint8)
+
+
+def test_clip_windows_hand_cases():
+    assert clip_windows(5, None) == [(0, 5)]
+    assert clip_windows(5, 3, 1) == [(0, 3), (2, 5)]
+    assert clip_windows(6, 3, 1) == [(0, 3), (2, 5), (4, 6)]
+    assert clip_windows(4, 2) == [(0, 2), (2, 4)]
+    assert clip_windows(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    assert clip_windows(3, 36) == [(0, 3)]
+    for bad in ((5, 0, 0), (5, 3, 3), (5, 3, -1), (0, 3, 0)):
+        with pytest.raises(ValueError):
+            clip_windows(*bad)
+
+
+def test_probabilities_shape_range_and_segment(predictor, video):
+    probabilities = predictor.probabilities(video, SENTENCES)
+    assert probabilities.shape == (3, 5, 40, 56) and probabilities.dtype == np.float32
+    assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
+    assert probabilities.std() > 0  # a real mask, not a constant
+    masks = predictor.segment(video, SENTENCES)
+    assert masks.dtype == np.bool_
+    np.testing.assert_array_equal(masks, probabilities > predictor.threshold)
+    np.testing.assert_array_equal(predictor.segment(video, SENTENCES, threshold=0.9), probabilities > 0.9)
+
+
+def test_pil_frames_and_uint8_array_give_the_same_result(predictor, video):
+    from_pil = predictor.probabilities([Image.fromarray(frame) for frame in video], SENTENCES[:1])
+    np.testing.assert_array_equal(from_pil, predictor.probabilities(video, SENTENCES[:1]))
+
+
+def test_sentences_are_normalised_like_training_captions(predictor, video):
+    np.testing.assert_array_equal(predictor.probabilities(video, ["  The RED   circle "]),
+                                  predictor.probabilities(video, ["the red circle"]))
+
+
+def test_k_sentences_in_one_pass_match_one_pass_per_sentence(predictor, video):
+    together = predictor.probabilities(video, SENTENCES)
+    for index, sentence in enumerate(SENTENCES):
+        alone = predictor.probabilities(video, [sentence])
+        np.testing.assert_allclose(together[index], alone[0], atol=1e-5)
+
+
+def test_overlapping_clips_cover_every_frame_and_average(predictor, video):
+    windowed = predictor.probabilities(video, SENTENCES[:2], clip_len=3, overlap=1)
+    first = predictor.probabilities(video[0:3], SENTENCES[:2])
+    second = predictor.probabilities(video[2:5], SENTENCES[:2])
+    np.testing.assert_allclose(windowed[:, 0:2], first[:, 0:2], atol=1e-6)
+    np.testing.assert_allclose(windowed[:, 3:5], second[:, 1:3], atol=1e-6)
+    np.testing.assert_allclose(windowed[:, 2], (first[:, 2] + second[:, 0]) / 2, atol=1e-6)
+    # Without overlap the clips just follow each other.
+    disjoint = predictor.probabilities(video, SENTENCES[:2], clip_len=3)
+    np.testing.assert_allclose(disjoint[:, 0:3], first, atol=1e-6)
+    np.testing.assert_allclose(disjoint[:, 3:5], predictor.probabilities(video[3:5], SENTENCES[:2]), atol=1e-6)
+
+
+class PaddingProbe(nn.Module):
+    """Stands in for HCD: logit 0 on the frames, 100 on the padding; records what it was given."""
+
+    def forward(self, samples, captions):
+        self.shape, self.captions = tuple(samples.tensors.shape), list(captions)
+        logits = samples.mask.float() * 100.0  # [1, T, Hp, Wp]
+        return {"pred_masks": logits.expand(len(captions), -1, -1, -1)}
+
+
+def test_one_clip_with_all_captions_padding_cropped_before_upsampling(tiny_weights):
+    cfg = tiny_config(tiny_weights)
+    cfg["data"]["test_size"], cfg["data"]["max_size"] = 64, 200
+    probe = PaddingProbe()
+    predictor = Predictor(probe, cfg)
+    frames = np.zeros((4, 30, 50, 3), dtype=np.uint8)  # resized to 64 x 106, padded to 64 x 128
+    probabilities = predictor.probabilities(frames, ["A", "b"], clip_len=3)
+    assert probe.shape == (1, 1, 3, 64, 128)  # the last clip: frame 3 alone
+    assert probe.captions == ["a", "b"]
+    # Any padding left in the upsampled logits would push probabilities towards 1.
+    np.testing.assert_array_equal(probabilities, np.full((2, 4, 30, 50), 0.5, dtype=np.float32))
+
+
+def test_bad_inputs_are_rejected(predictor, video):
+    with pytest.raises(ValueError, match="sentence 1 is empty"):
+        predictor.probabilities(video, ["the red circle", "  "])
+    with pytest.raises(ValueError, match="list of strings"):
+        predictor.probabilities(video, "the red circle")
+    with pytest.raises(ValueError, match="one size"):
+        predictor.probabilities([Image.new("RGB", (8, 8)), Image.new("RGB", (9, 8))], SENTENCES[:1])
+    with pytest.raises(ValueError, match="uint8"):
+        predictor.probabilities(video.astype(np.float32), SENTENCES[:1])
+    with pytest.raises(ValueError, match="amp"):
+        Predictor(predictor.model, predictor.cfg, amp="fp8")
+
+
+def test_bf16_autocast_stays_close_to_float32(predictor, video):
+    bf16 = Predictor(predictor.model, predictor.cfg, amp="bf16")
+    probabilities = bf16.probabilities(video, SENTENCES[:1])
+    assert probabilities.dtype == np.float32
+    difference = np.abs(probabilities - predictor.probabilities(video, SENTENCES[:1]))
+    assert 0 < difference.max() < 0.25  # autocast is on, and bf16 rounding moves few pixels much
+    assert difference.mean() < 0.01
+
+
+def test_save_pretrained_round_trip(predictor, video, tiny_weights, tmp_path):
+    folder = tmp_path / "hcd"
+    predictor.save_pretrained(folder)
+    predictor.save_pretrained(folder)  # replacing an existing folder
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["hcd"]  # no staging folder left behind
+    assert sorted(path.name for path in folder.iterdir()) == ["config.yaml", "model.safetensors"]
+    loaded = Predictor.from_pretrained(folder, tiny_weights)
+    assert not loaded.model.training
+    assert loaded.cfg == predictor.cfg
+    np.testing.assert_array_equal(loaded.probabilities(video, SENTENCES), predictor.probabilities(video, SENTENCES))
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        Predictor.from_pretrained(folder, tiny_weights)
+
+
+def test_from_checkpoint_loads_config_and_trained_weights(predictor, video, tiny_weights, tmp_path):
+    # Perturb a trainable weight so that loading a fresh model without the checkpoint would differ.
+    model = predictor.model
+    state = trainable_state_dict(model)
+    key = next(name for name in state if name.startswith("class_embed"))
+    state[key] = state[key] + 1.0
+    checkpoint = {name: None for name in CHECKPOINT_KEYS}
+    checkpoint.update(model=state, config=predictor.cfg, epoch=1, step=1, data_position=0)
+    path = tmp_path / "last.pth"
+    torch.save(checkpoint, path)
+    loaded = Predictor.from_checkpoint(path, tiny_weights)
+    torch.testing.assert_close(loaded.model.state_dict()[key], state[key], rtol=0, atol=0)
+    assert not loaded.model.training
+    np.testing.assert_array_equal(Predictor.load(path, tiny_weights).probabilities(video, SENTENCES[:1]),
+                                  loaded.probabilities(video, SENTENCES[:1]))

@@ -1,0 +1,142 @@
+"""Ref-YouTube-VOS submissions: the ``Annotations/<video>/<exp_id>/<frame>.png`` tree and its zip.
+
+A submission must hold one single-channel PNG with values 0/255 at the original frame size for every frame of
+every expression of every video. ``check_submission`` lists everything that falls short, so that an
+incomplete zip is never written or uploaded unnoticed. ``write_folder`` writes one video's masks at once, so an
+interrupted run never leaves a half-written video folder behind.
+"""
+import io
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ExpectedMask:
+    """One PNG a complete submission holds."""
+
+    video: str
+    exp_id: str
+    frame: str
+    size: tuple[int, int]  # (width, height) of the source frame
+
+    @property
+    def name(self) -> str:
+        return f"Annotations/{self.video}/{self.exp_id}/{self.frame}.png"
+
+
+def expected_masks(meta: dict, frame_sizes: dict[str, tuple[int, int]]) -> list[ExpectedMask]:
+    """Every PNG a submission for ``meta`` (a meta_expressions ``videos`` dict) must hold.
+
+    ``frame_sizes`` maps a video to its (width, height).
+    """
+    return [
+        ExpectedMask(video, exp_id, frame, frame_sizes[video])
+        for video, entry in sorted(meta.items())
+        for exp_id in sorted(entry["expressions"], key=int)
+        for frame in entry["frames"]
+    ]
+
+
+def mask_png_bytes(mask: np.ndarray) -> bytes:
+    """[H, W] bool -> PNG bytes of an 8-bit "L" image with values 0/255."""
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def mask_problem(data: bytes, expected: ExpectedMask) -> str | None:
+    """Why ``data`` is not a valid mask PNG for ``expected``, or None when it is."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, SyntaxError) as error:
+        return f"{expected.name}: unreadable PNG ({error})"
+    if image.size != expected.size:
+        return f"{expected.name}: size {image.size}, expected {expected.size} (width, height)"
+    if image.mode not in ("L", "1", "P"):
+        return f"{expected.name}: mode {image.mode}, expected a single-channel image"
+    values = np.unique(np.asarray(image.convert("L")))
+    if not set(values.tolist()) <= {0, 255}:
+        return f"{expected.name}: values {values[:5].tolist()}..., expected only 0 and 255"
+    return None
+
+
+def check_tree(root: Path, expected: list[ExpectedMask]) -> list[str]:
+    """Problems of the prediction tree under ``root`` (the folder holding ``Annotations/``)."""
+    problems = []
+    for item in expected:
+        path = root / item.name
+        if not path.is_file():
+            problems.append(f"{item.name}: missing")
+            continue
+        problem = mask_problem(path.read_bytes(), item)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def check_zip(zip_path: Path, expected: list[ExpectedMask]) -> list[str]:
+    """Problems of a submission zip: missing or malformed PNGs, and files it should not hold."""
+    with zipfile.ZipFile(zip_path) as archive:
+        names = {info.filename for info in archive.infolist() if not info.is_dir()}
+        problems = []
+        for item in expected:
+            if item.name not in names:
+                problems.append(f"{item.name}: missing")
+                continue
+            problem = mask_problem(archive.read(item.name), item)
+            if problem:
+                problems.append(problem)
+    extra = sorted(names - {item.name for item in expected})
+    problems.extend(f"{name}: not part of the split" for name in extra)
+    return problems
+
+
+def write_submission_zip(root: Path, zip_path: Path, expected: list[ExpectedMask]) -> None:
+    """Zip ``root/Annotations`` to ``zip_path`` (``Annotations/`` at the zip root) after checking it is complete.
+
+    Raises ValueError listing the problems instead of writing an incomplete zip; the zip appears atomically.
+    """
+    problems = check_tree(root, expected)
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise ValueError(f"the submission under {root} is incomplete ({len(problems)} problems):\n  {shown}{more}")
+    temporary = zip_path.with_name(zip_path.name + ".tmp")
+    with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for item in expected:
+            archive.write(root / item.name, arcname=item.name)
+    os.replace(temporary, zip_path)
+
+
+def write_folder(folder: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` (path relative to ``folder`` -> content) as the new content of ``folder``, all at once.
+
+    Everything goes to a temporary sibling folder first, which then takes the place of ``folder`` (an existing
+    ``folder`` is replaced), so ``folder`` is always either absent, the old one or the complete new one.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        for name, data in files.items():
+            path = staging / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        if folder.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.replace(folder, old / folder.name)
+            os.replace(staging, folder)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
