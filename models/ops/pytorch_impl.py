@@ -2,11 +2,11 @@
 
 Two formulations of the same operator (shapes as in :func:`models.ops.ms_deform_attn`):
 
-- :func:`ms_deform_attn_pytorch` (the default fallback): bilinear sampling written as a weighted gather.
-  Every sampling point contributes its 4 bilinear corners over all levels at once, so one query-head reads
-  K = L*P*4 rows of ``value`` through flat indices and combines them with K weights
-  (attention weight x bilinear weight x inside-image mask). The combination is a custom autograd function that
-  works in row chunks, so neither pass materialises the [N, Lq, M, K, D] gathered tensor in full.
+- :func:`ms_deform_attn_pytorch` (the default fallback): bilinear sampling as one weighted gather over all
+  levels. ``value`` gets a zero border around each level, locations are clamped into that border, and every
+  sampling point contributes its 4 corners through flat row indices; ``F.embedding_bag(mode='sum',
+  per_sample_weights=...)`` then sums K = L*P*4 weighted rows per query-head without materialising them.
+  No inside-image masks are needed: corners off the image read the zero border.
 - :func:`ms_deform_attn_grid_sample`: the classic Deformable-DETR ``ms_deform_attn_core_pytorch``, one
   ``F.grid_sample`` per level. Kept as the reference the tests and the benchmark compare against.
 
@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-# Upper bound on the temporary [rows, K, D] gather of one chunk (elements): ~64 MB in fp32.
-_CHUNK_ELEMENTS = 1 << 24
+# Zero border added around every level: 1 before, 2 after. Pixel coordinates are clamped to [-1, size], so the
+# corners floor(x) and floor(x) + 1 always fall in [-1, size + 1].
+_BORDER_BEFORE, _BORDER_AFTER = 1, 2
 
 
 def ms_deform_attn_pytorch(
@@ -30,106 +31,49 @@ def ms_deform_attn_pytorch(
 ) -> torch.Tensor:
     """Weighted-gather formulation; returns [N, Lq, M*D] in ``value``'s dtype.
 
-    value [N, S, M, D], spatial_shapes long [L, 2] (H, W), level_start_index long [L],
+    value [N, S, M, D], spatial_shapes long [L, 2] (H, W), level_start_index long [L] (implied by the shapes),
     sampling_locations [N, Lq, M, L, P, 2] (x, y) in [0, 1], attention_weights [N, Lq, M, L, P].
-    Needs no host synchronisation (shapes stay tensors).
     """
-    n, s, m, d = value.shape
-    lq = sampling_locations.shape[1]
-    rows, weights = bilinear_corners(value.shape, spatial_shapes, level_start_index, sampling_locations,
-                                     attention_weights)
-    table = value.reshape(n * s * m, d)
-    out = WeightedGather.apply(table, rows.reshape(n * lq * m, -1), weights.reshape(n * lq * m, -1))
+    del level_start_index  # the bordered layout has its own level starts, computed from the shapes
+    n, _, m, d = value.shape
+    _, lq, _, num_levels, _, _ = sampling_locations.shape
+    device, dtype = sampling_locations.device, sampling_locations.dtype
+    sizes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    table = _with_zero_border(value, sizes)  # [N, S', M, D]
+    border = _BORDER_BEFORE + _BORDER_AFTER
+    bordered_width = torch.tensor([w + border for _, w in sizes], device=device).view(num_levels, 1)
+    bordered_start = torch.tensor([0] + [(h + border) * (w + border) for h, w in sizes][:-1],
+                                  device=device).cumsum(0).view(num_levels, 1)
+
+    size_xy = spatial_shapes.to(device=device, dtype=dtype).flip(-1).view(num_levels, 1, 2)  # (W, H)
+    pixel = sampling_locations * size_xy - 0.5  # [N, Lq, M, L, P, 2]
+    pixel = torch.where(pixel > -1, pixel, -1.0).minimum(size_xy)  # NaN -> -1 as well: reads zeros
+    corner = pixel.floor()
+    fx, fy = (pixel - corner).unbind(-1)  # [N, Lq, M, L, P]
+    corner = corner.long() + _BORDER_BEFORE
+    key = bordered_start + corner[..., 1] * bordered_width + corner[..., 0]  # in [0, S') per batch item
+    # Row of table.reshape(N*S'*M, D) = (n*S' + key)*M + m; the 4 corners are +0, +1, +W', +W'+1 keys away.
+    batch = torch.arange(n, device=device).view(n, 1, 1, 1, 1) * table.shape[1]
+    head = torch.arange(m, device=device).view(1, 1, m, 1, 1)
+    row = (batch + key) * m + head
+    corner_step = torch.cat([torch.zeros_like(bordered_width), torch.ones_like(bordered_width),
+                             bordered_width, bordered_width + 1], dim=-1).view(num_levels, 1, 4) * m
+    rows = row.unsqueeze(-1) + corner_step  # [N, Lq, M, L, P, 4]
+    gx, gy = 1 - fx, 1 - fy
+    weights = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], dim=-1) * attention_weights.unsqueeze(-1)
+
+    out = F.embedding_bag(rows.view(n * lq * m, -1), table.reshape(-1, d),
+                          per_sample_weights=weights.reshape(n * lq * m, -1), mode="sum")  # [N*Lq*M, D]
     return out.view(n, lq, m * d)
 
 
-def bilinear_corners(
-    value_shape: torch.Size,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat ``value`` rows and combined weights of every bilinear corner of every sampling point.
-
-    Returns rows (long) and weights, both [N, Lq, M, L*P*4]; row r indexes ``value.reshape(N*S*M, D)``.
-    Weights are differentiable w.r.t. the locations (through the fractional parts) and the attention weights.
-    """
-    n, s, m, _ = value_shape
-    _, lq, _, num_levels, num_points, _ = sampling_locations.shape
-    dtype, device = sampling_locations.dtype, sampling_locations.device
-    shapes = spatial_shapes.to(device)
-    height = shapes[:, 0].view(num_levels, 1)  # [L, 1] broadcasts over [N, Lq, M, L, P]
-    width = shapes[:, 1].view(num_levels, 1)
-    start = level_start_index.to(device).view(num_levels, 1)
-
-    x = sampling_locations[..., 0] * width.to(dtype) - 0.5  # [N, Lq, M, L, P]
-    y = sampling_locations[..., 1] * height.to(dtype) - 0.5
-    x0 = torch.floor(x)
-    y0 = torch.floor(y)
-    fx = x - x0
-    fy = y - y0
-    x0 = x0.long()
-    y0 = y0.long()
-
-    # Row of value.reshape(N*S*M, D) = (n*S + s)*M + m.
-    batch_offset = torch.arange(n, device=device).view(n, 1, 1, 1, 1) * s
-    head = torch.arange(m, device=device).view(1, 1, m, 1, 1)
-
-    rows, weights = [], []
-    for dx, dy, corner_weight in (
-        (0, 0, (1 - fx) * (1 - fy)),
-        (1, 0, fx * (1 - fy)),
-        (0, 1, (1 - fx) * fy),
-        (1, 1, fx * fy),
-    ):
-        xi = x0 + dx
-        yi = y0 + dy
-        inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-        pixel = start + yi.clamp(min=0).minimum(height - 1) * width + xi.clamp(min=0).minimum(width - 1)
-        rows.append((batch_offset + pixel) * m + head)
-        weights.append(attention_weights * corner_weight * inside.to(dtype))
-    rows = torch.stack(rows, dim=-1).view(n, lq, m, -1)
-    weights = torch.stack(weights, dim=-1).view(n, lq, m, -1)
-    return rows, weights
-
-
-class WeightedGather(torch.autograd.Function):
-    """out[r] = sum_k weights[r, k] * table[rows[r, k]]: a sparse-times-dense product, computed in chunks.
-
-    table [R_in, D], rows long [R, K], weights [R, K] -> out [R, D].
-    """
-
-    @staticmethod
-    def forward(ctx, table, rows, weights):
-        ctx.save_for_backward(table, rows, weights)
-        out = table.new_empty(rows.shape[0], table.shape[1])
-        for chunk in _row_chunks(rows.shape, table.shape[1]):
-            gathered = table[rows[chunk]]  # [c, K, D]
-            torch.bmm(weights[chunk].unsqueeze(1), gathered, out=out[chunk].unsqueeze(1))
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        table, rows, weights = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[0] else None
-        grad_weights = torch.empty_like(weights) if ctx.needs_input_grad[2] else None
-        for chunk in _row_chunks(rows.shape, table.shape[1]):
-            if grad_weights is not None:
-                gathered = table[rows[chunk]]  # [c, K, D]
-                torch.bmm(gathered, grad_out[chunk].unsqueeze(2), out=grad_weights[chunk].unsqueeze(2))
-            if grad_table is not None:
-                contributions = weights[chunk].unsqueeze(2) * grad_out[chunk].unsqueeze(1)  # [c, K, D]
-                grad_table.index_add_(0, rows[chunk].reshape(-1), contributions.reshape(-1, table.shape[1]))
-        return grad_table, None, grad_weights
-
-
-def _row_chunks(rows_shape: torch.Size, channels: int):
-    num_rows, k = rows_shape
-    step = max(1, _CHUNK_ELEMENTS // max(1, k * channels))
-    for begin in range(0, num_rows, step):
-        yield slice(begin, min(begin + step, num_rows))
+def _with_zero_border(value: torch.Tensor, sizes: list[tuple[int, int]]) -> torch.Tensor:
+    """[N, S, M, D] -> [N, sum_l (H_l+3)*(W_l+3), M, D]: each level padded by 1 before and 2 after in x and y."""
+    n, _, m, d = value.shape
+    levels = value.split([h * w for h, w in sizes], dim=1)
+    padding = (0, 0, _BORDER_BEFORE, _BORDER_AFTER, _BORDER_BEFORE, _BORDER_AFTER)  # (M*D), W, H
+    bordered = [F.pad(level.reshape(n, h, w, m * d), padding).flatten(1, 2) for level, (h, w) in zip(levels, sizes)]
+    return torch.cat(bordered, dim=1).view(n, -1, m, d)
 
 
 def ms_deform_attn_grid_sample(
