@@ -66,7 +66,7 @@ def train_one_epoch(
     clip_max_norm: float = 0.0,
     log_every: int = 20,
     train_log: TrainLog | None = None,
-    on_step: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int, int], bool | None] | None = None,
 ) -> EpochResult:
     """Train on every batch of ``loader`` (or until ``step`` reaches ``max_steps``).
 
@@ -77,7 +77,8 @@ def train_one_epoch(
     clipped to norm ``clip_max_norm`` (0 = no clipping).
 
     ``step`` counts optimizer steps before this epoch. After each step ``on_step(step, batches_done)`` runs
-    (on every rank: it may hold collectives such as checkpointing). Every ``log_every`` steps the losses,
+    (on every rank: it may hold collectives such as checkpointing); a true result ends the epoch there (a
+    requested stop: it must be true on every rank at the same step). Every ``log_every`` steps the losses,
     averaged over ranks and over the steps since the previous record, go to ``train_log`` (rank 0 only:
     pass None elsewhere) with the learning rate of the first parameter group and the seconds per step.
 
@@ -138,8 +139,8 @@ def train_one_epoch(
                 train_log.write(record)
             progress.set_postfix(loss=f"{averages[0]:.4f}")
             window_sum, window_steps, window_start = None, 0, time.perf_counter()
-        if on_step is not None:
-            on_step(step, batches)
+        if on_step is not None and on_step(step, batches):
+            break
         if max_steps is not None and step >= max_steps:
             break
     progress.close()

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from datasets import load_frames, read_meta_expressions
 from datasets.errors import DatasetFormatError
 from datasets.ytvos import meta_expressions_path
+from util.cli import exit_on_user_error
 from util.config import load_config, save_config
 from util.submission import check_zip, expected_masks, mask_png_bytes, write_folder, write_submission_zip
 from util.ytvos_score import score_predictions
@@ -93,8 +94,13 @@ def first_frame_sizes(data_root: Path, split: str, videos: dict) -> dict[str, tu
     """``{video: (width, height)}`` of each video's first listed frame (header read only)."""
     sizes = {}
     for video, entry in videos.items():
-        with Image.open(data_root / split / "JPEGImages" / video / f"{entry['frames'][0]}.jpg") as image:
-            sizes[video] = image.size
+        path = data_root / split / "JPEGImages" / video / f"{entry['frames'][0]}.jpg"
+        try:
+            with Image.open(path) as image:
+                sizes[video] = image.size
+        except OSError as error:
+            raise DatasetFormatError(f"video {video!r}, frame {entry['frames'][0]!r}: {path} is not a readable "
+                                     f"image ({error}); re-extract it") from error
     return sizes
 
 
@@ -112,6 +118,10 @@ def run_inference(args: argparse.Namespace) -> int:
     data_root = Path(args.data_root or predictor.cfg["data_root"])
     output_dir = Path(args.output_dir)
     videos = submission_videos(data_root, args.split)
+    # The json, the frame lists and each video's first frame header are checked before anything is written; a frame
+    # that fails to decode later stops the run with the videos before it complete on disk (resumable with
+    # --skip_existing), none half-written, and no zip.
+    expected = expected_masks(videos, first_frame_sizes(data_root, args.split, videos))
     annotations = output_dir / "Annotations"
     annotations.mkdir(parents=True, exist_ok=True)
     save_config(predictor.cfg, output_dir / "config.yaml")
@@ -126,7 +136,6 @@ def run_inference(args: argparse.Namespace) -> int:
         sentences = [entry["expressions"][exp_id]["exp"] for exp_id in exp_ids]
         masks = predictor.segment(frames, sentences, clip_len=args.clip_len, threshold=args.threshold)
         write_folder(annotations / video, video_mask_files(exp_ids, entry["frames"], masks))
-    expected = expected_masks(videos, first_frame_sizes(data_root, args.split, videos))
     zip_path = output_dir / "submission.zip"
     write_submission_zip(output_dir, zip_path, expected)
     print(f"wrote {len(expected)} masks of {len(videos)} videos to {annotations} and {zip_path}")
@@ -219,4 +228,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_on_user_error(main)

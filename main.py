@@ -11,9 +11,19 @@ other key). The resolved config is written to ``<output_dir>/config.yaml``; chec
 ``log.jsonl`` and TensorBoard scalars (``tb/``) go beside it. Under ``torchrun`` each process trains on its
 shard of every epoch with DDP (NCCL on GPU, gloo on CPU); ``train.batch_size`` is per process and the learning
 rate is used as given, whatever the number of processes.
+
+Stopping and crashes: SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C) makes every rank finish the current
+optimizer step, write ``checkpoint_step<step>.pth`` / ``last.pth`` and exit with status 128 + the signal number
+(143 for SIGTERM, 130 for SIGINT: the run did not finish, so ``train && evaluate`` stops there); a second signal
+stops at once. Every checkpoint is written atomically, so after any crash, ``kill -9`` included, ``--resume
+<output_dir>/last.pth`` continues from the newest complete checkpoint exactly as the uninterrupted run would have
+(the same weights, bit for bit, on the same hardware). Exit status 0: the run finished (``--max_steps`` or all
+epochs); 1: an error, printed as one line when it is about the input (a missing or malformed file, a config or
+checkpoint that does not fit).
 """
 import argparse
 import random
+import signal
 import warnings
 from functools import partial
 from pathlib import Path
@@ -31,7 +41,10 @@ from util.checkpoint import (CheckpointError, build_checkpoint, capture_rng_stat
                              load_checkpoint, load_model_weights, restore_rng_state, save_checkpoint,
                              step_checkpoint_name)
 from util.config import ConfigError, apply_overrides, get_key, load_config, save_config
-from util.distributed import all_gather_objects, cleanup, epoch_order, init_distributed, is_main_process
+from util.cli import exit_on_user_error
+from util.distributed import (all_gather_objects, any_rank_max, cleanup, epoch_order, init_distributed,
+                              is_main_process)
+from util.graceful_stop import GracefulStop
 from util.nested_tensor import collate_clips
 from util.train_log import TrainLog
 
@@ -162,26 +175,28 @@ def restore_run_rng(rng_states: list[dict], rank: int, world_size: int, data_pos
                               f"it with --nproc_per_node {len(rng_states)} (or from an epoch checkpoint)")
 
 
-def train(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> None:
+def train(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> int:
+    """Train; returns 0 when the run finished, ``128 + signal`` when SIGTERM/SIGINT stopped it (module doc)."""
     rank, world_size, local_rank = init_distributed(args.device)
     try:
-        _train(args, cfg, checkpoint, rank, world_size, local_rank)
+        with GracefulStop() as stop:
+            return _train(args, cfg, checkpoint, rank, world_size, local_rank, stop)
     finally:
         cleanup()
 
 
-def _train(args, cfg, checkpoint, rank, world_size, local_rank) -> None:
+def _train(args, cfg, checkpoint, rank, world_size, local_rank, stop: GracefulStop) -> int:
     device = torch.device("cuda", local_rank) if args.device == "cuda" else torch.device("cpu")
     train_cfg, seed = cfg["train"], cfg["seed"]
     batch_size, max_steps = train_cfg["batch_size"], args.max_steps
     output_dir = Path(cfg["output_dir"])
 
+    dataset = build_dataset(cfg["dataset"], "train", cfg)  # first: a malformed dataset fails before the model loads
     seed_everything(seed)  # the same initialisation on every rank
     model, criterion = build_model(cfg)
     model.to(device)
     criterion.to(device)
     optimizer, scheduler, scaler = build_optimization(model, train_cfg, device)
-    dataset = build_dataset(cfg["dataset"], "train", cfg)
     epoch, step, position = 0, 0, 0
     if checkpoint is not None:
         epoch, step, position = restore_training(checkpoint, model, optimizer, scheduler, scaler)
@@ -193,7 +208,7 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank) -> None:
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "config.yaml")
-        train_log = TrainLog(output_dir)
+        train_log = TrainLog(output_dir, resumed_step=step if checkpoint is not None else None)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"training {trainable:,} parameters on {world_size} process(es), {len(dataset)} clips; "
               f"from epoch {epoch} step {step}; output in {output_dir}")
@@ -203,6 +218,7 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank) -> None:
     else:
         seed_everything(seed + rank)  # dropout differs between ranks
     last_saved = step if checkpoint is not None else None
+    stopped_by = 0  # the signal every rank agreed to stop on
 
     def save(name: str, saved_epoch: int, saved_position: int, saved_step: int) -> None:
         nonlocal last_saved
@@ -214,7 +230,7 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank) -> None:
         last_saved = saved_step
 
     try:
-        while epoch < train_cfg["epochs"] and (max_steps is None or step < max_steps):
+        while epoch < train_cfg["epochs"] and (max_steps is None or step < max_steps) and not stopped_by:
             dataset.set_epoch(epoch)
             order = epoch_order(len(dataset), seed, epoch, rank, world_size)
             if len(order) < batch_size:
@@ -224,15 +240,19 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank) -> None:
                                         cfg["data"]["size_divisibility"], seed, epoch, device.type == "cuda")
             start = position
 
-            def on_step(done_step: int, batches_done: int) -> None:
+            def on_step(done_step: int, batches_done: int) -> bool:
+                nonlocal stopped_by
+                # Agreed every step: a signal may reach one rank only, and all must stop at the same step.
+                stopped_by = any_rank_max(stop.signum)
                 if done_step % train_cfg["checkpoint_every"] == 0:
                     save(step_checkpoint_name(done_step), epoch, start + batches_done * batch_size, done_step)
+                return stopped_by != 0
 
             step, batches = train_one_epoch(
                 train_model, criterion, loader, optimizer, scaler, device, epoch, step=step, max_steps=max_steps,
                 amp=train_cfg["amp"], clip_max_norm=train_cfg["clip_max_norm"], log_every=train_cfg["log_every"],
                 train_log=train_log, on_step=on_step)
-            if batches < len(loader):  # max_steps reached inside the epoch
+            if batches < len(loader):  # max_steps reached or a stop requested inside the epoch
                 if last_saved != step:
                     save(step_checkpoint_name(step), epoch, start + batches * batch_size, step)
                 break
@@ -242,11 +262,17 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank) -> None:
     finally:
         if train_log is not None:
             train_log.close()
+    if stopped_by:
+        if is_main_process():
+            print(f"stopped by {signal.Signals(stopped_by).name} after step {step}; continue with --resume "
+                  f"{output_dir / 'last.pth'}")
+        return 128 + stopped_by
     if is_main_process():
         print(f"stopped at step {step} ({epoch} epoch(s) completed); checkpoints in {output_dir}")
+    return 0
 
 
-def evaluate(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> None:
+def evaluate(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> int:
     # Imported here so that training does not depend on the evaluation code and its extra packages.
     from evaluate import run_evaluation
 
@@ -261,9 +287,11 @@ def evaluate(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> No
         run_evaluation(model, cfg, args)
     finally:
         cleanup()
+    return 0
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv``; returns the exit status (module doc)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.config is None) == (args.resume is None):
@@ -271,10 +299,9 @@ def main(argv: list[str] | None = None) -> None:
                      "saved run and its config; override keys with flags or --set)")
     cfg, checkpoint = resolve_config(args)
     if args.eval:
-        evaluate(args, cfg, checkpoint)
-    else:
-        train(args, cfg, checkpoint)
+        return evaluate(args, cfg, checkpoint)
+    return train(args, cfg, checkpoint)
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -43,6 +43,9 @@ def _check_video_entry(path: Path, video: str, entry) -> None:
     for exp_id, expression in entry["expressions"].items():
         if not isinstance(expression, dict) or not isinstance(expression.get("exp"), str):
             raise DatasetFormatError(f"{path}: video {video!r}, expression {exp_id!r} has no 'exp' string")
+        if not expression["exp"].strip():
+            raise DatasetFormatError(f"{path}: video {video!r}, expression {exp_id!r} is empty "
+                                     f"({expression['exp']!r}); every referring expression needs at least one word")
 
 
 def read_meta_expressions(root: str | Path, split: str) -> dict:
@@ -247,11 +250,7 @@ class YTVOSClips(EpochSeeded, Dataset):
         masks = load_object_masks(self.root, self.split, video, names, obj_id, size)
         visible = np.flatnonzero(masks.reshape(len(names), -1).any(axis=1))
         if len(visible) == 0:
-            raise DatasetFormatError(
-                f"video {video!r}: object id {obj_id} (from {meta_expressions_path(self.root, self.split)}) "
-                f"appears in none of the annotations under {self.root / self.split / 'Annotations' / video}; "
-                "the json's obj_id and the palette indices of the PNGs disagree"
-            )
+            raise absent_object_error(self.root, self.split, video, obj_id)
         return int(rng.choice(visible.tolist()))
 
 
@@ -283,11 +282,22 @@ class YTVOSVideos(Dataset):
         frames = load_frames(self.root, self.split, video, names)
         size = frame_size(frames, video, names)
         masks = load_object_masks(self.root, self.split, video, names, int(expression["obj_id"]), size)
+        if not masks.any():
+            raise absent_object_error(self.root, self.split, video, int(expression["obj_id"]))
         target = make_target(
             masks, expression["exp"], size,
             frames=list(names), video=video, exp_id=exp_id, kind=expression.get("kind", ""),
         )
         return self.transforms(frames, target, random.Random(index))
+
+
+def absent_object_error(root: Path, split: str, video: str, obj_id: int) -> DatasetFormatError:
+    """The error for an ``obj_id`` that no annotation of ``video`` contains."""
+    return DatasetFormatError(
+        f"video {video!r}: object id {obj_id} (from {meta_expressions_path(root, split)}) appears in none of the "
+        f"annotations under {root / split / 'Annotations' / video}; the json's obj_id and the palette indices of "
+        "the PNGs disagree"
+    )
 
 
 def _exp_order(exp_id: str) -> tuple[int, str]:

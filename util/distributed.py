@@ -60,6 +60,17 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return reduced / get_world_size()
 
 
+def any_rank_max(value: int) -> int:
+    """The largest ``value`` over all ranks (an integer flag every rank then agrees on); ``value`` in one process."""
+    if not is_distributed():
+        return value
+    # gloo reduces CPU tensors; NCCL needs them on the rank's GPU.
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    flag = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
 def all_gather_objects(obj) -> list:
     """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects); ``[obj]`` in a single process."""
     if not is_distributed():

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,21 @@ def expected_masks(meta: dict, frame_sizes: dict[str, tuple[int, int]]) -> list[
     return [
         ExpectedMask(video, exp_id, frame, frame_sizes[video])
         for video, entry in sorted(meta.items())
-        for exp_id in sorted(entry["expressions"], key=int)
+        for exp_id in sorted(entry["expressions"], key=_exp_id_order)
         for frame in entry["frames"]
     ]
+
+
+def _exp_id_order(exp_id: str) -> tuple[int, str]:
+    """Numeric expression ids in numeric order ("2" before "10"), others after them."""
+    return (int(exp_id), "") if exp_id.isdigit() else (1 << 62, exp_id)
+
+
+def max_png_bytes(size: tuple[int, int]) -> int:
+    """An upper bound on the size of a valid mask PNG of ``size`` (width, height): the raw 8-bit pixels, one filter
+    byte a row, and room for headers and chunks; a larger member is refused before it is decompressed."""
+    width, height = size
+    return height * (width + 1) + 64 * 1024
 
 
 def mask_png_bytes(mask: np.ndarray) -> bytes:
@@ -55,11 +68,11 @@ def mask_problem(data: bytes, expected: ExpectedMask) -> str | None:
     """Why ``data`` is not a valid mask PNG for ``expected``, or None when it is."""
     try:
         image = Image.open(io.BytesIO(data))
+        if image.size != expected.size:  # before decoding: a huge declared size is never decompressed
+            return f"{expected.name}: size {image.size}, expected {expected.size} (width, height)"
         image.load()
-    except (OSError, SyntaxError) as error:
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         return f"{expected.name}: unreadable PNG ({error})"
-    if image.size != expected.size:
-        return f"{expected.name}: size {image.size}, expected {expected.size} (width, height)"
     if image.mode not in ("L", "1", "P"):
         return f"{expected.name}: mode {image.mode}, expected a single-channel image"
     values = np.unique(np.asarray(image.convert("L")))
@@ -83,15 +96,27 @@ def check_tree(root: Path, expected: list[ExpectedMask]) -> list[str]:
 
 
 def check_zip(zip_path: Path, expected: list[ExpectedMask]) -> list[str]:
-    """Problems of a submission zip: missing or malformed PNGs, and files it should not hold."""
+    """Problems of a submission zip: missing, duplicated, oversized, unreadable or malformed PNGs, and files it
+    should not hold."""
     with zipfile.ZipFile(zip_path) as archive:
-        names = {info.filename for info in archive.infolist() if not info.is_dir()}
-        problems = []
+        files = [info for info in archive.infolist() if not info.is_dir()]
+        names = {info.filename for info in files}
+        counts = Counter(info.filename for info in files)
+        problems = [f"{name}: {count} copies in the zip" for name, count in sorted(counts.items()) if count > 1]
         for item in expected:
             if item.name not in names:
                 problems.append(f"{item.name}: missing")
                 continue
-            problem = mask_problem(archive.read(item.name), item)
+            info = archive.getinfo(item.name)
+            if info.file_size > max_png_bytes(item.size):
+                problems.append(f"{item.name}: {info.file_size} bytes, more than a {item.size} mask PNG can hold")
+                continue
+            try:
+                data = archive.read(info)
+            except (zipfile.BadZipFile, OSError, EOFError) as error:
+                problems.append(f"{item.name}: unreadable zip member ({error})")
+                continue
+            problem = mask_problem(data, item)
             if problem:
                 problems.append(problem)
     extra = sorted(names - {item.name for item in expected})
