@@ -1,0 +1,156 @@
+"""`make demo`: the whole pipeline on the embedded default, on CPU, from nothing.
+
+tiny offline weights -> RefShapes -> pretrain the tiny VAE on its frames -> train -> inference on RefShapes valid -> submission zip -> score ->
+random-object baseline -> a GIF of a few predictions with their sentences. It prints a short table and writes
+``<out>/metrics.json`` = {"J", "F", "JF", "by_kind": {kind: {"J", "F", "JF"}}, "baseline_JF", ...}.
+
+Every stage reuses what an earlier run left (weights, data, a finished training run), so running it again is
+cheap; an interrupted training run resumes from its last checkpoint.
+"""
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from util.submission import mask_png_bytes  # noqa: E402
+from util.visualisation import mask_color, overlay_frame  # noqa: E402
+
+GIF_SCALE = 2
+
+
+def run(command: list[str]) -> str:
+    """Run a project entry point with this interpreter; return its stdout, stop the demo if it fails."""
+    print("$", " ".join(command[1:]), flush=True)
+    result = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        sys.exit(f"demo: `{' '.join(command[1:])}` failed with exit code {result.returncode}")
+    return result.stdout
+
+
+def last_json(output: str) -> dict:
+    """The JSON object on the last line of an entry point's output."""
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def write_random_object_baseline(data_root: Path, split: str, out: Path, seed: int) -> None:
+    """Predict, for every expression, a uniformly random object of its video (the ground-truth mask of it)."""
+    rng = random.Random(seed)
+    meta = json.loads((data_root / "meta_expressions" / split / "meta_expressions.json").read_text())["videos"]
+    for video, entry in meta.items():
+        object_ids = sorted({int(e["obj_id"]) for e in entry["expressions"].values()})
+        for exp_id in entry["expressions"]:
+            guess = rng.choice(object_ids)
+            folder = out / "Annotations" / video / exp_id
+            folder.mkdir(parents=True, exist_ok=True)
+            for frame in entry["frames"]:
+                labels = np.asarray(Image.open(data_root / split / "Annotations" / video / f"{frame}.png"))
+                (folder / f"{frame}.png").write_bytes(mask_png_bytes(labels == guess))
+
+
+def write_gif(data_root: Path, pred_root: Path, out_path: Path, num_examples: int, seed: int) -> None:
+    """A GIF of a few predicted expressions (one motion-only among them when there is one) with their sentences."""
+    meta = json.loads((data_root / "meta_expressions" / "valid" / "meta_expressions.json").read_text())["videos"]
+    items = [(video, exp_id, e) for video, entry in sorted(meta.items()) for exp_id, e in entry["expressions"].items()]
+    rng = random.Random(seed)
+    motion = [item for item in items if item[2].get("kind") == "motion"]
+    chosen = (rng.sample(motion, 1) if motion else []) + rng.sample(items, num_examples - (1 if motion else 0))
+    frames_out = []
+    num_frames = min(len(meta[video]["frames"]) for video, _, _ in chosen)
+    for t in range(num_frames):
+        panels = []
+        for index, (video, exp_id, expression) in enumerate(chosen):
+            frame = meta[video]["frames"][t]
+            image = Image.open(data_root / "valid" / "JPEGImages" / video / f"{frame}.jpg").convert("RGB")
+            mask = Image.open(pred_root / "Annotations" / video / exp_id / f"{frame}.png")
+            size = (image.width * GIF_SCALE, image.height * GIF_SCALE)  # room for a readable caption
+            panels.append(overlay_frame(np.asarray(image.resize(size)), np.asarray(mask.resize(size)) > 0,
+                                        expression["exp"], mask_color(index)))
+        frames_out.append(np.concatenate(panels, axis=1))
+    images = [Image.fromarray(frame) for frame in frames_out]
+    images[0].save(out_path, save_all=True, append_images=images[1:], duration=250, loop=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/demo", help="folder for the run, predictions and metrics.json")
+    parser.add_argument("--config", default="configs/refshapes_tiny.yaml", help="training config")
+    parser.add_argument("--data_root", default="data/refshapes", help="where RefShapes is generated (reused)")
+    parser.add_argument("--weights", default="weight_tiny", help="where the tiny weights are written (reused)")
+    parser.add_argument("--videos", type=int, default=200, help="RefShapes training videos")
+    parser.add_argument("--valid-videos", type=int, default=40, help="RefShapes valid videos (scored)")
+    parser.add_argument("--max_steps", type=int, default=1500, help="optimizer steps of the training run")
+    parser.add_argument("--vae_steps", type=int, default=300, help="pretraining steps of the tiny VAE")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train and infer")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the baseline and the GIF's choice")
+    args = parser.parse_args()
+    out, data_root, weights = REPO / args.out, REPO / args.data_root, REPO / args.weights
+    out.mkdir(parents=True, exist_ok=True)
+    python = sys.executable
+    started = time.time()
+
+    if not (weights / "unet").is_dir():
+        run([python, "scripts/make_tiny_weights.py", "--out", str(weights)])
+    if not (data_root / "meta_expressions").is_dir():
+        run([python, "scripts/make_refshapes.py", "--out", str(data_root), "--videos", str(args.videos),
+             "--valid-videos", str(args.valid_videos), "--seed", str(args.seed)])
+
+    # The tiny components are random; a real VAE is a trained autoencoder, and the features downstream need one.
+    run([python, "scripts/pretrain_tiny_vae.py", "--weights", str(weights), "--data_root", str(data_root),
+         "--steps", str(args.vae_steps), "--seed", str(args.seed)])
+
+    train_dir = out / "train"
+    train = [python, "main.py", "--max_steps", str(args.max_steps), "--device", args.device]
+    if (train_dir / "last.pth").is_file():
+        run(train + ["--resume", str(train_dir / "last.pth")])
+    else:
+        run(train + ["--config", args.config, "--data_root", str(data_root), "--weights", str(weights),
+                     "--output_dir", str(train_dir)])
+    trained = time.time()
+
+    predictions = out / "valid"
+    shutil.rmtree(predictions, ignore_errors=True)
+    run([python, "inference_ytvos.py", "--checkpoint", str(train_dir / "last.pth"), "--weights", str(weights),
+         "--data_root", str(data_root), "--split", "valid", "--output_dir", str(predictions),
+         "--device", args.device])
+    scores = last_json(run([python, "inference_ytvos.py", "--score", "--pred_dir", str(predictions),
+                            "--gt_root", str(data_root), "--split", "valid"]))
+
+    baseline_dir = out / "baseline_random_object"
+    shutil.rmtree(baseline_dir, ignore_errors=True)
+    write_random_object_baseline(data_root, "valid", baseline_dir, args.seed)
+    baseline = last_json(run([python, "inference_ytvos.py", "--score", "--pred_dir", str(baseline_dir),
+                              "--gt_root", str(data_root), "--split", "valid"]))
+    write_gif(data_root, predictions, out / "predictions.gif", num_examples=4, seed=args.seed)
+
+    metrics = {
+        "J": scores["J"],
+        "F": scores["F"],
+        "JF": scores["JF"],
+        "by_kind": {k: {m: v[m] for m in ("J", "F", "JF")} for k, v in scores["by_kind"].items()},
+        "baseline_JF": baseline["JF"],
+        "baseline_by_kind": {k: v["JF"] for k, v in baseline["by_kind"].items()},
+        "train_seconds": round(trained - started, 1),
+        "total_seconds": round(time.time() - started, 1),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"\n{'':<12}{'J':>7}{'F':>7}{'J&F':>7}{'random':>8}")
+    for kind, value in sorted(metrics["by_kind"].items()):
+        print(f"{kind:<12}{value['J']:>7.3f}{value['F']:>7.3f}{value['JF']:>7.3f}"
+              f"{metrics['baseline_by_kind'].get(kind, float('nan')):>8.3f}")
+    print(f"{'overall':<12}{metrics['J']:>7.3f}{metrics['F']:>7.3f}{metrics['JF']:>7.3f}{metrics['baseline_JF']:>8.3f}")
+    print(f"\nmetrics: {out / 'metrics.json'}   predictions: {out / 'predictions.gif'}   "
+          f"submission: {predictions / 'submission.zip'}   ({metrics['total_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
