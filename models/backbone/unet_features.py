@@ -6,10 +6,12 @@ Our forward walks the blocks of a diffusers ``UNet3DConditionModel`` instead of 
 are wanted, so the last up block and ``conv_out`` are never computed.
 
 The blocks take the frames folded into the batch, ``(b t)`` order, and ``encoder_hidden_states``
-with the same leading ``B·T`` axis: that is where the per-frame condition goes in directly.
+with the same leading ``B·T`` axis: that is where the per-frame condition goes in directly. With K
+captions per clip the batch becomes ``(b k t)``; ``conv_in`` and ``transformer_in`` do not see the
+condition, so they run once per clip and the K captions share their output.
 """
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -57,9 +59,10 @@ class UNetFeatureExtractor(nn.Module):
 
     def forward(self, latents: torch.Tensor, condition: torch.Tensor) -> list[torch.Tensor]:
         """
-        latents: [B, 4, T, h, w] (h, w = H/8, W/8); condition: [B·T, L, Dc] in (b t) order.
+        latents: [B, 4, T, h, w] (h, w = H/8, W/8); condition: [B·K·T, L, Dc] in (b k t) order, K >= 1
+        captions per clip.
 
-        Returns f0..f5, each [B·T, C_i, h_i, w_i]:
+        Returns f0..f5, each [B·K·T, C_i, h_i, w_i]:
             f0 after conv_in + transformer_in  C0  /8
             f1 after down block 0              C0  /16
             f2 after down block 1              C1  /32
@@ -70,16 +73,18 @@ class UNetFeatureExtractor(nn.Module):
         even for odd latent sizes.
         """
         unet = self.unet
-        num_frames = latents.shape[2]
-        sample = rearrange(latents, "b c t h w -> (b t) c h w").to(unet.dtype)
-        if condition.shape[0] != sample.shape[0]:
-            raise ValueError(f"condition has {condition.shape[0]} rows, expected B·T = {sample.shape[0]}.")
-        emb = self._time_embedding(sample.shape[0], sample.device)
+        clips, num_frames = latents.shape[0], latents.shape[2]
+        if condition.shape[0] == 0 or condition.shape[0] % (clips * num_frames) != 0:
+            raise ValueError(f"condition has {condition.shape[0]} rows, expected a multiple B·K·T of "
+                             f"B·T = {clips * num_frames}.")
+        per_clip = condition.shape[0] // (clips * num_frames)
         frames_kwargs = {"num_frames": num_frames}
         text_kwargs = {"encoder_hidden_states": condition, "num_frames": num_frames}
 
-        sample = unet.conv_in(sample)
+        sample = unet.conv_in(rearrange(latents, "b c t h w -> (b t) c h w").to(unet.dtype))
         sample = unet.transformer_in(sample, num_frames=num_frames, return_dict=False)[0]
+        sample = repeat(sample, "(b t) c h w -> (b k t) c h w", t=num_frames, k=per_clip)
+        emb = self._time_embedding(sample.shape[0], sample.device)
         taps = [sample]
         skips = (sample,)
         for index, block in enumerate(unet.down_blocks):

@@ -135,8 +135,7 @@ class VisualBackbone(nn.Module):
         images = repeat(images, "(b t) n d -> (b k t) n d", t=num_frames, k=per_clip)
         condition = self.frame_condition(text, images)  # [B·K·T, 77, Dc]
 
-        latents = repeat(encoding.latents, "b c t h w -> (b k) c t h w", k=per_clip)
-        features = self.projection(self.unet_features(latents, condition))
+        features = self.projection(self.unet_features(encoding.latents, condition))  # shares the UNet's stem
 
         stride4 = self.temporal_stem(encoding.frames)  # [B·T, c, H/4, W/4]
         stride4 = repeat(stride4, "(b t) c h w -> (b k t) c h w", t=num_frames, k=per_clip)
