@@ -62,8 +62,10 @@ def write_gif(data_root: Path, pred_root: Path, out_path: Path, num_examples: in
     meta = json.loads((data_root / "meta_expressions" / "valid" / "meta_expressions.json").read_text())["videos"]
     items = [(video, exp_id, e) for video, entry in sorted(meta.items()) for exp_id, e in entry["expressions"].items()]
     rng = random.Random(seed)
-    motion = [item for item in items if item[2].get("kind") == "motion"]
-    chosen = (rng.sample(motion, 1) if motion else []) + rng.sample(items, num_examples - (1 if motion else 0))
+    motion = [index for index, item in enumerate(items) if item[2].get("kind") == "motion"]
+    first = rng.sample(motion, 1) if motion else []
+    others = rng.sample([index for index in range(len(items)) if index not in first], num_examples - len(first))
+    chosen = [items[index] for index in first + others]
     frames_out = []
     num_frames = min(len(meta[video]["frames"]) for video, _, _ in chosen)
     for t in range(num_frames):
