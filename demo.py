@@ -19,9 +19,6 @@ visual encoding. The results appear in <out> once complete; an <out> holding an 
 """
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from itertools import islice
@@ -31,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from inference_ytvos import add_model_arguments, load_predictor
+from util.atomic_write import atomic_directory
 from util.cli import exit_on_user_error
 from util.submission import mask_png_bytes
 from util.video_io import GifWriter, Mp4Writer, open_video
@@ -77,17 +75,6 @@ def prepare_output(out: Path) -> None:
         raise ValueError(f"--out {out} already holds files that are not a demo result; pass a new or empty folder")
 
 
-def publish(staging: Path, out: Path) -> None:
-    """Put the complete ``staging`` folder in the place of ``out`` (replacing an earlier result)."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(staging, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, out)
-
-
 def run_demo(args: argparse.Namespace) -> Path:
     """Segment ``args.video`` for every ``args.text`` and write the results to ``args.out``; returns it."""
     out = Path(args.out)
@@ -98,11 +85,7 @@ def run_demo(args: argparse.Namespace) -> Path:
     threshold = predictor.threshold if args.threshold is None else args.threshold
     total = source.num_frames if args.max_frames is None else min(source.num_frames or args.max_frames,
                                                                   args.max_frames)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    shutil.rmtree(staging, ignore_errors=True)  # left by an earlier process of the same id that was killed
-    staging.mkdir()
-    try:
+    with atomic_directory(out, replace=True) as staging:
         mask_dirs = [staging / str(k) / "masks" for k in range(len(args.text))]
         for mask_dir in mask_dirs:
             mask_dir.mkdir(parents=True)
@@ -121,10 +104,6 @@ def run_demo(args: argparse.Namespace) -> Path:
                     overlay = overlay_frame(frame, mask, text, mask_color(k))
                     videos[k].write(overlay)
                     gifs[k].write(overlay)
-        publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

@@ -36,11 +36,10 @@ from engine import AMP_DTYPES
 from inference_ytvos import score_table, video_mask_files
 from models.predictor import Predictor
 from util.a2d_metrics import PRECISION_THRESHOLDS, a2d_metrics, build_coco_ground_truth
-from util.atomic_write import atomic_write
+from util.atomic_write import atomic_write, write_folder
 from util.distributed import all_gather_objects, barrier, get_rank, get_world_size, is_main_process
 from util.mask_rle import mask_to_rle, rle_to_mask
 from util.nested_tensor import collate_clips
-from util.submission import write_folder
 from util.ytvos_score import score_predictions
 
 A2D_DATASETS = ("a2d", "jhmdb")

@@ -14,7 +14,6 @@ unsupervised protocol (``util.davis_eval``); the reported number is the mean ove
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +22,10 @@ from tqdm import tqdm
 from datasets import load_frames, read_meta_expressions
 from datasets.errors import DatasetFormatError
 from inference_ytvos import add_model_arguments, load_predictor
+from util.atomic_write import write_folder
+from util.cli import exit_on_user_error
 from util.davis_eval import evaluate_davis_unsupervised
 from util.davis_palette import palette_png_bytes
-from util.submission import write_folder
 
 NUM_ANNOTATORS = 4
 BACKGROUND_SCORE = 0.1
@@ -158,4 +158,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_on_user_error(main)

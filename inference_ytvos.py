@@ -27,9 +27,10 @@ from tqdm import tqdm
 from datasets import load_frames, read_meta_expressions
 from datasets.errors import DatasetFormatError
 from datasets.ytvos import meta_expressions_path
+from util.atomic_write import write_folder
 from util.cli import exit_on_user_error
 from util.config import load_config, save_config
-from util.submission import check_zip, expected_masks, mask_png_bytes, write_folder, write_submission_zip
+from util.submission import check_zip, expected_masks, mask_png_bytes, write_submission_zip
 from util.ytvos_score import score_predictions
 
 TEST_JSON_HINT = ("the Ref-YouTube-VOS download's meta_expressions/test/meta_expressions.json; ReferFormer issue #6 "

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from datasets.errors import DatasetFormatError
+from util.atomic_write import atomic_directory
 
 # (file name, encoding) in the order of the four expressions of an object.
 TEXT_FILES = (
@@ -103,8 +104,8 @@ def _copy_video(source_images: Path, source_masks: Path, split_dir: Path, video:
 def convert_davis_to_ytvos(davis_root: str | Path, text_root: str | Path, out: str | Path) -> Path:
     """Write the Ref-YTVOS-layout copy of Ref-DAVIS17 to ``out`` (which must not exist yet).
 
-    Everything is written to ``<out>.partial`` first and renamed at the end, so ``out`` is either
-    complete or absent. Returns ``out``.
+    Everything is written to a temporary sibling folder first and renamed at the end
+    (``util.atomic_write.atomic_directory``), so ``out`` is either complete or absent. Returns ``out``.
     """
     davis_root, text_root, out = Path(davis_root), Path(text_root), Path(out)
     if out.exists():
@@ -113,26 +114,19 @@ def convert_davis_to_ytvos(davis_root: str | Path, text_root: str | Path, out: s
     annotations = [read_expressions(path, encoding) for path, (_, encoding) in zip(paths, TEXT_FILES)]
     splits = {ytvos: read_split(davis_root, davis) for davis, ytvos in SPLITS.items()}
 
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)  # left over by an interrupted conversion
-    try:
+    with atomic_directory(out) as staging:
         for split, videos in splits.items():
             meta = {}
             for video in videos:
                 frames = _copy_video(
                     davis_root / "JPEGImages" / "480p" / video,
                     davis_root / "Annotations_unsupervised" / "480p" / video,
-                    partial / split,
+                    staging / split,
                     video,
                 )
                 meta[video] = {"expressions": video_expressions(video, annotations, paths), "frames": frames}
-            meta_dir = partial / "meta_expressions" / split
+            meta_dir = staging / "meta_expressions" / split
             meta_dir.mkdir(parents=True)
             with open(meta_dir / "meta_expressions.json", "w", encoding="utf-8") as f:
                 json.dump({"videos": meta}, f, ensure_ascii=False)
-        partial.rename(out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return out

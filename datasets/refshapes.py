@@ -31,15 +31,15 @@ annotations so that it can be scored locally. Each video draws from its own gene
 """
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from util.atomic_write import atomic_directory
+from util.davis_palette import davis_palette
 
 SPLITS = ("train", "valid")
 KINDS = ("appearance", "size", "motion", "position", "relation")
@@ -117,21 +117,6 @@ class Video:
 def frame_names(num_frames: int) -> list[str]:
     """Sparse 5-digit frame names: "00000", "00005", ... as in Ref-YouTube-VOS."""
     return [f"{FRAME_STRIDE * i:05d}" for i in range(num_frames)]
-
-
-def davis_palette() -> list[int]:
-    """The 256-colour palette of DAVIS / PASCAL VOC annotations (id 1 dark red, 2 dark green, ...), flat RGB."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        value = index
-        for bit in range(8):
-            r |= ((value >> 0) & 1) << (7 - bit)
-            g |= ((value >> 1) & 1) << (7 - bit)
-            b |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 def shape_area(shape: str, radius: float) -> float:
@@ -415,21 +400,9 @@ def generate_refshapes(out_dir, num_videos: int = 200, num_valid_videos: int = 4
     complete or untouched. Raises ValueError for bad arguments and FileExistsError if ``out_dir`` is not empty.
     """
     _check_arguments(num_videos, num_valid_videos, num_frames, size, seed)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} already exists and is not an empty folder; delete it or choose "
-                              f"another output folder.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         for split, count in zip(SPLITS, (num_videos, num_valid_videos)):
             _generate_split(staging, split, count, num_frames, size, seed)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _generate_split(root: Path, split: str, count: int, num_frames: int, size: int, seed: int) -> None:

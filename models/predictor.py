@@ -30,10 +30,10 @@ from datasets.transforms_video import make_test_transforms
 from datasets.ytvos import normalize_caption
 from models import build_model
 from models.pretrained import load_pretrained
+from util.atomic_write import write_folder
 from util.checkpoint import load_checkpoint, load_model_weights, trainable_state_dict
 from util.config import load_config
 from util.nested_tensor import nested_tensor_from_videos
-from util.submission import write_folder
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -161,7 +161,7 @@ class Predictor:
     def save_pretrained(self, folder) -> Path:
         """Write ``folder/config.yaml`` (resolved config) and ``folder/model.safetensors`` (trainable weights).
 
-        ``folder`` is replaced as a whole (``util.submission.write_folder``): it is always either the old one or
+        ``folder`` is replaced as a whole (``util.atomic_write.write_folder``): it is always either the old one or
         the complete new one. Returns ``folder``.
         """
         folder = Path(folder)

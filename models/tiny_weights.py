@@ -9,9 +9,6 @@ and a small byte-level BPE for RoBERTa trained on a built-in corpus about shapes
 """
 import gzip
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +17,8 @@ from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel,
                           RobertaConfig, RobertaModel, RobertaTokenizer)
+
+from util.atomic_write import atomic_directory
 
 CLIP_VOCAB_SIZE = 49408
 CLIP_MAX_TOKENS = 77
@@ -158,20 +157,8 @@ def build_tiny_weights(out_dir, seed: int = 0) -> None:
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}.")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} already exists and is not an empty folder; delete it or choose "
-                              f"another output folder.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         _write_components(staging, seed)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _write_components(root: Path, seed: int) -> None:

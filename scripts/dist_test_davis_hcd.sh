@@ -17,10 +17,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/launch_common.sh
 
-ARGS=(--checkpoint "${CHECKPOINT:-outputs/davis_hcd/last.pth}" --weights "${WEIGHTS:-weight}"
-      --data_root "${DATA_ROOT:-data/ref-davis}" --davis_root "${DAVIS_ROOT:-data/DAVIS}"
-      --output_dir "${OUTPUT_DIR:-outputs/davis_hcd/valid}" --device "${DEVICE:-cuda}" "$@")
-
-run "$PYTHON" inference_davis.py "${ARGS[@]}"
-show_config "${ARGS[@]}"
-finish
+launch_inference inference_davis.py davis_hcd data/ref-davis --davis_root "${DAVIS_ROOT:-data/DAVIS}" "$@"

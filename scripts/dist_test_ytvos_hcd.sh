@@ -14,10 +14,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/launch_common.sh
 
-ARGS=(--checkpoint "${CHECKPOINT:-outputs/ytvos_hcd/last.pth}" --weights "${WEIGHTS:-weight}"
-      --data_root "${DATA_ROOT:-data/ref-youtube-vos}" --output_dir "${OUTPUT_DIR:-outputs/ytvos_hcd/valid}"
-      --device "${DEVICE:-cuda}" "$@")
-
-run "$PYTHON" inference_ytvos.py "${ARGS[@]}"
-show_config "${ARGS[@]}"
-finish
+launch_inference inference_ytvos.py ytvos_hcd data/ref-youtube-vos "$@"

@@ -17,15 +17,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/launch_common.sh
 
-if [ -n "${RESUME:-}" ]; then
-    START=(--resume "$RESUME")
-else
-    START=(--config configs/a2d_hcd.yaml)
-fi
-ARGS=("${START[@]}" --output_dir "${OUTPUT_DIR:-outputs/a2d_hcd}" --weights "${WEIGHTS:-weight}"
-      --data_root "${DATA_ROOT:-data/a2d_sentences}" "$@")
-
-run torchrun --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-127.0.0.1}" \
-    --master_port "${MASTER_PORT:-29500}" --nproc_per_node "${GPUS:-4}" main.py "${ARGS[@]}"
-show_config "${ARGS[@]}"
-finish
+launch_training a2d_hcd 4 data/a2d_sentences "$@"

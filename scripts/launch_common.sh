@@ -2,6 +2,14 @@
 #   run CMD...          run CMD; with DRY_RUN=1 print it (shell-quoted, after "+") instead
 #   show_config ARGS... with DRY_RUN=1, print the config that ARGS resolve to (scripts/resolve_config.py)
 #   finish              with DRY_RUN=1, say that nothing was run
+#   launch_training NAME GPUS DATA_ROOT FLAGS...
+#                       torchrun main.py on configs/NAME.yaml (or RESUME), output outputs/NAME; the environment's
+#                       GPUS, OUTPUT_DIR, WEIGHTS, DATA_ROOT, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT override
+#                       the defaults; then show_config and finish
+#   launch_inference ENTRY NAME DATA_ROOT FLAGS...
+#                       $PYTHON ENTRY on outputs/NAME/last.pth, writing outputs/NAME/valid; the environment's
+#                       CHECKPOINT, WEIGHTS, DATA_ROOT, OUTPUT_DIR, DEVICE override the defaults; then show_config
+#                       and finish
 PYTHON=${PYTHON:-python}
 
 run() {
@@ -24,4 +32,32 @@ finish() {
     if [ "${DRY_RUN:-0}" = 1 ]; then
         echo "# DRY_RUN=1: nothing was run"
     fi
+}
+
+launch_training() {
+    local name=$1 gpus=$2 data_root=$3
+    shift 3
+    local start args
+    if [ -n "${RESUME:-}" ]; then
+        start=(--resume "$RESUME")
+    else
+        start=(--config "configs/$name.yaml")
+    fi
+    args=("${start[@]}" --output_dir "${OUTPUT_DIR:-outputs/$name}" --weights "${WEIGHTS:-weight}"
+          --data_root "${DATA_ROOT:-$data_root}" "$@")
+    run torchrun --nnodes "${NNODES:-1}" --node_rank "${NODE_RANK:-0}" --master_addr "${MASTER_ADDR:-127.0.0.1}" \
+        --master_port "${MASTER_PORT:-29500}" --nproc_per_node "${GPUS:-$gpus}" main.py "${args[@]}"
+    show_config "${args[@]}"
+    finish
+}
+
+launch_inference() {
+    local entry=$1 name=$2 data_root=$3
+    shift 3
+    local args=(--checkpoint "${CHECKPOINT:-outputs/$name/last.pth}" --weights "${WEIGHTS:-weight}"
+                --data_root "${DATA_ROOT:-$data_root}" --output_dir "${OUTPUT_DIR:-outputs/$name/valid}"
+                --device "${DEVICE:-cuda}" "$@")
+    run "$PYTHON" "$entry" "${args[@]}"
+    show_config "${args[@]}"
+    finish
 }

@@ -7,9 +7,7 @@ and a folder that already has it is left alone.
 """
 import argparse
 import json
-import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from diffusers import AutoencoderKL  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from models.vae_pretraining import pretrain_vae  # noqa: E402
+from util.atomic_write import atomic_directory  # noqa: E402
 
 RECORD = "pretraining.json"
 
@@ -48,16 +47,11 @@ def main() -> None:
     vae = AutoencoderKL.from_pretrained(vae_dir, local_files_only=True)
     started = time.time()
     losses = pretrain_vae(vae, images, args.steps, seed=args.seed)
-    staging = vae_dir.with_name("vae.pretraining")
-    shutil.rmtree(staging, ignore_errors=True)
-    vae.save_pretrained(staging)
     record = {"data_root": str(args.data_root), "steps": args.steps, "images": len(images), "seed": args.seed,
               "first_loss": losses[0], "last_loss": sum(losses[-20:]) / len(losses[-20:])}
-    (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    previous = vae_dir.with_name("vae.random")
-    os.replace(vae_dir, previous)
-    os.replace(staging, vae_dir)
-    shutil.rmtree(previous)
+    with atomic_directory(vae_dir, replace=True) as staging:
+        vae.save_pretrained(staging)
+        (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     print(f"VAE pretrained in {time.time() - started:.0f} s: reconstruction loss {record['first_loss']:.3f} -> "
           f"{record['last_loss']:.3f}")
 

@@ -10,15 +10,12 @@ Environment variables (all optional):
 - ``FAULT_PID_DIR``: each process writes its pid to ``<dir>/pid<RANK>`` before training.
 
 Each process ends with main.py's exit status (after writing its trainable weights to ``<--output_dir>/rank<RANK>.pth``
-when main returned).
+when main returned), as ``train_standins.run_main`` does.
 """
 import os
 import sys
 import time
-import types
 from pathlib import Path
-
-import torch
 
 from tests import train_standins
 
@@ -47,17 +44,6 @@ def build_model(cfg: dict):
 
 
 if __name__ == "__main__":
-    # As in train_standins: the stand-ins under the real import names, so main.py skips HCD's heavy imports.
-    for package, name, builder in (("models", "build_model", build_model),
-                                   ("datasets", "build_dataset", train_standins.build_dataset)):
-        sys.modules[package] = types.ModuleType(package)
-        setattr(sys.modules[package], name, builder)
-    import main
-    from util.checkpoint import trainable_state_dict
-
     if "FAULT_PID_DIR" in os.environ:
         Path(os.environ["FAULT_PID_DIR"], f"pid{RANK}").write_text(str(os.getpid()))
-    status = main.main(sys.argv[1:])
-    output_dir = main.build_parser().parse_args(sys.argv[1:]).output_dir  # the tests always pass --output_dir
-    torch.save(trainable_state_dict(train_standins.BUILT_MODELS[-1]), os.path.join(output_dir, f"rank{RANK}.pth"))
-    sys.exit(status)
+    sys.exit(train_standins.run_main(build_model))

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from engine import to_float32, weighted_losses
-from tests.train_standins import TinyModel
+from tests.train_standins import TinyModel, tiny_config
 from util.checkpoint import load_checkpoint
 from util.distributed import epoch_order
 
@@ -48,11 +48,7 @@ def test_epoch_order_deals_one_seeded_permutation_to_the_ranks():
 
 def test_two_process_gloo_training_keeps_the_ranks_identical(tmp_path):
     out = tmp_path / "out"
-    cfg = {"dataset": "tiny", "data_root": "unused", "weights": "unused", "output_dir": "overridden", "seed": 7,
-           "model": {"dropout": 0.5}, "data": {"num_clips": 9, "size_divisibility": 4},
-           "train": {"epochs": 3, "lr": 0.01, "lr_linear_proj_mult": 0.1, "weight_decay": 0.01,
-                     "clip_max_norm": 1.0, "lr_drop": [1], "batch_size": 2, "num_workers": 0, "amp": "none",
-                     "checkpoint_every": 2, "log_every": 1}}
+    cfg = tiny_config(seed=7, epochs=3, lr_drop=[1], checkpoint_every=2)
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -62,7 +58,7 @@ def test_two_process_gloo_training_keeps_the_ranks_identical(tmp_path):
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    rank0, rank1 = torch.load(out / "rank0.pth"), torch.load(out / "rank1.pth")
+    rank0, rank1 = torch.load(out / "rank0.pth", weights_only=True), torch.load(out / "rank1.pth", weights_only=True)
     saved = load_checkpoint(out / "last.pth")
     assert rank0.keys() == rank1.keys() == saved["model"].keys()
     parameters = {name for name, p in TinyModel(0.5).named_parameters() if p.requires_grad}

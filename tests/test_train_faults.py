@@ -21,21 +21,13 @@ from util.train_log import TrainLog
 REPO = Path(__file__).resolve().parents[1]
 MAX_STEPS = 36
 STEP_SLEEP = 0.05  # seconds per step in the killed runs: ~2 s of training to hit
-# 9 clips, batch 2: 4 steps an epoch, so the runs cross epoch ends, an lr drop and mid-epoch checkpoints.
-CONFIG = {
-    "dataset": "tiny", "data_root": "unused", "weights": "unused", "output_dir": "overridden", "seed": 5,
-    "model": {"dropout": 0.5},
-    "data": {"num_clips": 9, "size_divisibility": 4},
-    "train": {"epochs": 9, "lr": 0.01, "lr_linear_proj_mult": 0.1, "weight_decay": 0.01, "clip_max_norm": 1.0,
-              "lr_drop": [5], "batch_size": 2, "num_workers": 0, "amp": "none", "checkpoint_every": 3,
-              "log_every": 1},
-}
+# 4 steps an epoch, so the runs cross epoch ends, an lr drop and mid-epoch checkpoints.
+CONFIG = train_standins.tiny_config(seed=5, epochs=9, lr_drop=[5], checkpoint_every=3)
 
 
 @pytest.fixture(autouse=True)
 def standins(monkeypatch):
-    monkeypatch.setattr(main, "build_model", train_standins.build_model)
-    monkeypatch.setattr(main, "build_dataset", train_standins.build_dataset)
+    train_standins.install(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +35,7 @@ def reference(tmp_path_factory) -> Path:
     """The output folder of an uninterrupted run to MAX_STEPS (in-process)."""
     root = tmp_path_factory.mktemp("reference")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(main, "build_model", train_standins.build_model)
-        patch.setattr(main, "build_dataset", train_standins.build_dataset)
+        train_standins.install(patch)
         assert main.main(["--config", str(write_config(root / "c.yaml")), "--output_dir", str(root / "out"),
                           "--max_steps", str(MAX_STEPS)]) == 0
     return root / "out"

@@ -13,21 +13,13 @@ from tests import train_standins
 from util.checkpoint import load_checkpoint, trainable_state_dict
 from util.config import ConfigError, load_config
 
-# 9 clips, batch 2: 4 steps an epoch (one clip dropped); the lr drops after epoch 1.
-CONFIG = {
-    "dataset": "tiny", "data_root": "unused", "weights": "unused", "output_dir": "set by the test", "seed": 7,
-    "model": {"dropout": 0.5},
-    "data": {"num_clips": 9, "size_divisibility": 4},
-    "train": {"epochs": 3, "lr": 0.01, "lr_linear_proj_mult": 0.1, "weight_decay": 0.01, "clip_max_norm": 1.0,
-              "lr_drop": [1], "batch_size": 2, "num_workers": 0, "amp": "none", "checkpoint_every": 2,
-              "log_every": 1},
-}
+# 4 steps an epoch (one clip dropped); the lr drops after epoch 1.
+CONFIG = train_standins.tiny_config(seed=7, epochs=3, lr_drop=[1], checkpoint_every=2)
 
 
 @pytest.fixture(autouse=True)
 def standins(monkeypatch):
-    monkeypatch.setattr(main, "build_model", train_standins.build_model)
-    monkeypatch.setattr(main, "build_dataset", train_standins.build_dataset)
+    train_standins.install(monkeypatch)
 
 
 def write_config(path: Path, output_dir: Path, **train) -> Path:

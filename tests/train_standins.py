@@ -6,10 +6,12 @@
 - ``build_dataset(name, split, cfg) -> TinyClips``: ``cfg["data"]["num_clips"]`` clips ``(frames [T, 3, H, W],
   target)`` whose random augmentation is a pure function of ``(seed, epoch, index)`` via ``set_epoch``.
 
-In-process tests install them by monkeypatching ``main.build_model`` / ``main.build_dataset``. Run as a module
-(``torchrun ... -m tests.train_standins <main.py arguments>``), this file registers them under the import names
-``models.build_model`` / ``datasets.build_dataset`` before importing main, runs ``main.main()``, and then each
-rank writes its trainable weights to ``<--output_dir>/rank<RANK>.pth``.
+``tiny_config(seed, **train)`` is a main.py config for them. In-process tests install them with
+``install(monkeypatch)`` (which patches ``main.build_model`` / ``main.build_dataset``). Run as a module
+(``torchrun ... -m tests.train_standins <main.py arguments>``), this file calls ``run_main(build_model)``: it
+registers the builders under the import names ``models.build_model`` / ``datasets.build_dataset`` before importing
+main, runs ``main.main()``, then each rank writes its trainable weights to ``<--output_dir>/rank<RANK>.pth`` and
+the process ends with main's exit status.
 """
 import os
 import sys
@@ -84,15 +86,47 @@ def build_dataset(name: str, split: str, cfg: dict) -> TinyClips:
     return TinyClips(cfg["data"]["num_clips"], cfg["seed"])
 
 
-if __name__ == "__main__":
+def tiny_config(seed: int, **train) -> dict:
+    """A main.py config for the stand-ins: 9 clips, batch 2 (4 steps an epoch, one clip dropped), dropout 0.5.
+
+    ``train`` adds the schedule (``epochs``, ``lr_drop``, ``checkpoint_every``) to the fixed optimiser settings.
+    ``output_dir`` is a placeholder: the tests pass ``--output_dir``.
+    """
+    return {
+        "dataset": "tiny", "data_root": "unused", "weights": "unused", "output_dir": "set by the test", "seed": seed,
+        "model": {"dropout": 0.5},
+        "data": {"num_clips": 9, "size_divisibility": 4},
+        "train": {"lr": 0.01, "lr_linear_proj_mult": 0.1, "weight_decay": 0.01, "clip_max_norm": 1.0,
+                  "batch_size": 2, "num_workers": 0, "amp": "none", "log_every": 1, **train},
+    }
+
+
+def install(monkeypatch) -> None:
+    """Make ``main`` build the stand-ins (``monkeypatch``: a pytest MonkeyPatch, undone after the test)."""
+    import main  # not at the top: run as a module, this file must register its builders before main is imported
+
+    monkeypatch.setattr(main, "build_model", build_model)
+    monkeypatch.setattr(main, "build_dataset", build_dataset)
+
+
+def run_main(model_builder) -> int:
+    """``main.main(sys.argv[1:])`` with ``model_builder`` and ``build_dataset`` as HCD's builders, then save this
+    rank's trainable weights to ``<--output_dir>/rank<RANK>.pth``; returns main's exit status."""
     # Stand-in packages under the real import names, so main.py binds these builders and the launched processes
     # skip importing HCD's models (diffusers, transformers, peft: many seconds per process).
-    for package, name, builder in (("models", "build_model", build_model), ("datasets", "build_dataset", build_dataset)):
+    for package, name, builder in (("models", "build_model", model_builder),
+                                   ("datasets", "build_dataset", build_dataset)):
         sys.modules[package] = types.ModuleType(package)
         setattr(sys.modules[package], name, builder)
     import main
     from util.checkpoint import trainable_state_dict
 
-    main.main(sys.argv[1:])
+    status = main.main(sys.argv[1:])
     output_dir = main.build_parser().parse_args(sys.argv[1:]).output_dir  # the tests always pass --output_dir
-    torch.save(trainable_state_dict(BUILT_MODELS[-1]), os.path.join(output_dir, f"rank{os.environ['RANK']}.pth"))
+    rank = os.environ.get("RANK", "0")  # torchrun sets it; a plain ``python -m`` run is rank 0
+    torch.save(trainable_state_dict(BUILT_MODELS[-1]), os.path.join(output_dir, f"rank{rank}.pth"))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(build_model))

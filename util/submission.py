@@ -2,13 +2,11 @@
 
 A submission must hold one single-channel PNG with values 0/255 at the original frame size for every frame of
 every expression of every video. ``check_submission`` lists everything that falls short, so that an
-incomplete zip is never written or uploaded unnoticed. ``write_folder`` writes one video's masks at once, so an
-interrupted run never leaves a half-written video folder behind.
+incomplete zip is never written or uploaded unnoticed. Writers put one video's masks in place at once with
+``util.atomic_write.write_folder``, so an interrupted run never leaves a half-written video folder behind.
 """
 import io
 import os
-import shutil
-import tempfile
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -139,29 +137,3 @@ def write_submission_zip(root: Path, zip_path: Path, expected: list[ExpectedMask
         for item in expected:
             archive.write(root / item.name, arcname=item.name)
     os.replace(temporary, zip_path)
-
-
-def write_folder(folder: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` (path relative to ``folder`` -> content) as the new content of ``folder``, all at once.
-
-    Everything goes to a temporary sibling folder first, which then takes the place of ``folder`` (an existing
-    ``folder`` is replaced), so ``folder`` is always either absent, the old one or the complete new one.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    try:
-        for name, data in files.items():
-            path = staging / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.replace(folder, old / folder.name)
-            os.replace(staging, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

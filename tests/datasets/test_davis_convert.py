@@ -76,7 +76,7 @@ def test_layout_and_copied_files(converted):
     copy = out / "train" / "Annotations" / "bear" / "00001.png"
     assert copy.read_bytes() == source.read_bytes()
     assert snapshot(tmp_path / "src") == before  # sources untouched
-    assert not (tmp_path / "ref-davis.partial").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref-davis", "src"]  # no staging folder left behind
 
 
 def test_expressions_are_interleaved_per_object(converted):
@@ -123,7 +123,7 @@ def test_missing_expression_is_an_error_and_leaves_nothing(tmp_path):
     path.write_bytes("\n".join(line for line in lines if not line.startswith("bear 2")).encode("latin-1"))
     with pytest.raises(DatasetFormatError, match="'bear', object 2.*Davis17_annot2_full_video.txt"):
         convert_davis_to_ytvos(davis, text, tmp_path / "out")
-    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # neither out nor a staging folder
 
 
 def test_malformed_line_names_file_and_line(tmp_path):

@@ -1,0 +1,63 @@
+"""util/atomic_write.py: a folder appears complete or not at all; existing targets are refused or replaced."""
+import os
+import stat
+
+import pytest
+
+from util.atomic_write import atomic_directory, write_folder
+
+
+def names(folder) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_new_folder_appears_with_its_content_and_plain_permissions(tmp_path):
+    target = tmp_path / "a" / "out"
+    with atomic_directory(target) as staging:
+        (staging / "x.txt").write_text("x")
+        assert not target.exists()  # nothing visible before the block ends
+    assert names(target) == ["x.txt"] and names(tmp_path / "a") == ["out"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~umask  # as mkdir would, not mkdtemp's 0o700
+
+
+def test_an_empty_target_is_filled_and_a_non_empty_one_refused_before_the_block(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with atomic_directory(tmp_path / "empty") as staging:
+        (staging / "x.txt").write_text("x")
+    assert names(tmp_path / "empty") == ["x.txt"]
+    ran = []
+    with pytest.raises(FileExistsError, match="empty.*not an empty folder"):
+        with atomic_directory(tmp_path / "empty"):
+            ran.append(True)
+    assert not ran and (tmp_path / "empty" / "x.txt").read_text() == "x"
+    (tmp_path / "file").write_text("f")
+    with pytest.raises(FileExistsError):
+        with atomic_directory(tmp_path / "file"):
+            pass
+    assert names(tmp_path) == ["empty", "file"]
+
+
+def test_replace_swaps_the_whole_folder(tmp_path):
+    target = tmp_path / "out"
+    write_folder(target, {"old.txt": b"old", "sub/keep.txt": b"1"})
+    write_folder(target, {"sub/new.bin": b"\x00\x01"})
+    assert names(target) == ["sub"] and names(target / "sub") == ["new.bin"]
+    assert (target / "sub" / "new.bin").read_bytes() == b"\x00\x01"
+    assert names(tmp_path) == ["out"]  # neither the staging nor the old folder is left
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_an_error_in_the_block_leaves_the_target_as_it_was(tmp_path, replace):
+    target = tmp_path / "out"
+    if replace:
+        write_folder(target, {"old.txt": b"old"})
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_directory(target, replace=replace) as staging:
+            (staging / "half.txt").write_text("half")
+            raise RuntimeError("boom")
+    if replace:
+        assert names(target) == ["old.txt"] and names(tmp_path) == ["out"]
+    else:
+        assert names(tmp_path) == []
