@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from datasets import load_frames, read_meta_expressions
 from datasets.errors import DatasetFormatError
-from datasets.ytvos import meta_expressions_path
+from datasets.ytvos import meta_expressions_path, read_meta_json
 from util.atomic_write import write_folder
 from util.cli import exit_on_user_error
 from util.config import load_config, save_config
@@ -60,13 +60,7 @@ def load_predictor(args: argparse.Namespace):
 
 def read_test_videos(path: Path) -> set[str]:
     """The video ids of a test ``meta_expressions.json``."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetFormatError(f"{path} is not valid json ({error}); download it again ({TEST_JSON_HINT})") from error
-    if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
-        raise DatasetFormatError(f"{path}: expected a top-level object with a 'videos' object")
-    return set(meta["videos"])
+    return set(read_meta_json(path, hint=f"download it again ({TEST_JSON_HINT})"))
 
 
 def submission_videos(data_root: Path, split: str) -> dict:

@@ -29,6 +29,19 @@ def meta_expressions_path(root: str | Path, split: str) -> Path:
     return Path(root) / "meta_expressions" / split / "meta_expressions.json"
 
 
+def read_meta_json(path: Path, hint: str = "re-download or regenerate it") -> dict:
+    """The ``videos`` object of a ``meta_expressions.json``; DatasetFormatError naming ``path`` when it is not
+    valid json or has no ``videos`` object (``hint`` says what to do about it)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetFormatError(f"{path} is not valid json ({error}); {hint}") from error
+    if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
+        raise DatasetFormatError(f"{path}: expected a top-level object with a 'videos' object")
+    return meta["videos"]
+
+
 def normalize_caption(text: str) -> str:
     """Lower-case and collapse whitespace, as every RVOS loader does before tokenising."""
     return " ".join(text.lower().split())
@@ -61,15 +74,9 @@ def read_meta_expressions(root: str | Path, split: str) -> dict:
             f"{path} not found: expected the Ref-YouTube-VOS layout under {root} "
             f"(meta_expressions/{split}/meta_expressions.json); check data_root and the split name"
         )
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetFormatError(f"{path} is not valid json ({error}); re-download or regenerate it") from error
-    if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
-        raise DatasetFormatError(f"{path}: expected a top-level object with a 'videos' object")
+    videos = read_meta_json(path)
     image_root = Path(root) / split / "JPEGImages"
-    for video, entry in meta["videos"].items():
+    for video, entry in videos.items():
         _check_video_entry(path, video, entry)
         folder = image_root / video
         if not folder.is_dir():
@@ -81,7 +88,7 @@ def read_meta_expressions(root: str | Path, split: str) -> dict:
                     f"frame {frame!r} of video {video!r} is listed in {path} but {folder / (frame + '.jpg')} "
                     "is missing"
                 )
-    return meta["videos"]
+    return videos
 
 
 def load_image(path: Path, video: str, frame: str, mode: str) -> Image.Image:

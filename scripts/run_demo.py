@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from datasets.ytvos import meta_expressions_path, read_meta_json  # noqa: E402
 from util.submission import mask_png_bytes  # noqa: E402
 from util.visualisation import mask_color, overlay_frame  # noqa: E402
 
@@ -45,7 +46,7 @@ def last_json(output: str) -> dict:
 def write_random_object_baseline(data_root: Path, split: str, out: Path, seed: int) -> None:
     """Predict, for every expression, a uniformly random object of its video (the ground-truth mask of it)."""
     rng = random.Random(seed)
-    meta = json.loads((data_root / "meta_expressions" / split / "meta_expressions.json").read_text())["videos"]
+    meta = read_meta_json(meta_expressions_path(data_root, split))
     for video, entry in meta.items():
         object_ids = sorted({int(e["obj_id"]) for e in entry["expressions"].values()})
         for exp_id in entry["expressions"]:
@@ -59,7 +60,7 @@ def write_random_object_baseline(data_root: Path, split: str, out: Path, seed: i
 
 def write_gif(data_root: Path, pred_root: Path, out_path: Path, num_examples: int, seed: int) -> None:
     """A GIF of a few predicted expressions (one motion-only among them when there is one) with their sentences."""
-    meta = json.loads((data_root / "meta_expressions" / "valid" / "meta_expressions.json").read_text())["videos"]
+    meta = read_meta_json(meta_expressions_path(data_root, "valid"))
     items = [(video, exp_id, e) for video, entry in sorted(meta.items()) for exp_id, e in entry["expressions"].items()]
     rng = random.Random(seed)
     motion = [index for index, item in enumerate(items) if item[2].get("kind") == "motion"]

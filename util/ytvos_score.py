@@ -5,12 +5,12 @@ the way the Ref-YouTube-VOS server reports it: per expression, J and F (:mod:`ut
 ``ceil(0.008 * image diagonal)``) averaged over the frames listed in the json; then J, F and J&F averaged over
 expressions. Used for RefShapes' ``valid`` split and for held-out slices of Ref-YouTube-VOS train.
 """
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from datasets.ytvos import meta_expressions_path, read_meta_json
 from util.jf_metrics import boundary_f, jaccard
 
 
@@ -57,10 +57,10 @@ def score_predictions(pred_dir: str | Path, gt_root: str | Path, split: str) -> 
     pred_dir, gt_root = Path(pred_dir), Path(gt_root)
     if (pred_dir / "Annotations").is_dir():
         pred_dir = pred_dir / "Annotations"
-    meta_path = gt_root / "meta_expressions" / split / "meta_expressions.json"
+    meta_path = meta_expressions_path(gt_root, split)
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found; gt_root must be a dataset root in the Ref-YouTube-VOS layout")
-    videos = json.loads(meta_path.read_text())["videos"]
+    videos = read_meta_json(meta_path)
     annotations = gt_root / split / "Annotations"
 
     per_expression = {}

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from datasets.transforms_video import IMAGENET_MEAN, IMAGENET_STD  # the normalisation the frames arrive in
+
 # Both the OpenAI CLIP and the laion CLIP-H preprocessors use these constants.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
