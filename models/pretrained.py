@@ -212,10 +212,13 @@ def build_pretrained_on_meta(config_dir=DEFAULT_CONFIG_DIR) -> PretrainedCompone
 
 
 def parameter_counts(components: PretrainedComponents) -> dict[str, int]:
-    """Number of parameters of each module in ``components`` (tokenizers skipped), by field name."""
+    """Number of parameters of each module in ``components`` (tokenizers skipped), by field name.
+
+    LoRA adapters that the model injected into a component are not counted: they are not pretrained weights.
+    """
     counts = {}
     for field in fields(components):
         module = getattr(components, field.name)
         if isinstance(module, torch.nn.Module):
-            counts[field.name] = sum(parameter.numel() for parameter in module.parameters())
+            counts[field.name] = sum(p.numel() for name, p in module.named_parameters() if "lora_" not in name)
     return counts

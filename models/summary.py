@@ -12,30 +12,21 @@ import json
 import torch
 
 from models import build_model
-from models.pretrained import build_pretrained_on_meta, load_pretrained
+from models.pretrained import build_pretrained_on_meta, load_pretrained, parameter_counts
 from util.config import load_config
 
 
-def count(module: torch.nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (elements) of ``module``."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def count_without_lora(module: torch.nn.Module) -> int:
-    """Parameters of a pretrained module, not counting the LoRA adapters injected into it."""
-    return sum(p.numel() for name, p in module.named_parameters() if "lora_" not in name)
-
-
-def parameter_counts(model: torch.nn.Module, components) -> dict[str, int]:
+def summary_counts(model: torch.nn.Module, components) -> dict[str, int]:
     """Parameter counts of the pretrained components and of the whole model."""
+    pretrained = parameter_counts(components)
     return {
-        "unet": count_without_lora(components.unet),
-        "vae": count(components.vae),
-        "clip_vision": count(components.clip_vision),
-        "clip_text": count(components.clip_text),
-        "roberta": count(components.roberta),
-        "trainable": count(model, trainable_only=True),
-        "total": count(model),
+        "unet": pretrained["unet"],
+        "vae": pretrained["vae"],
+        "clip_vision": pretrained["clip_vision"],
+        "clip_text": pretrained["clip_text"],
+        "roberta": pretrained["roberta"],
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total": sum(p.numel() for p in model.parameters()),
     }
 
 
@@ -55,7 +46,7 @@ def main() -> None:
     else:
         components = load_pretrained(args.weights or cfg["weights"])
         model, _ = build_model(cfg, components)
-    counts = parameter_counts(model, components)
+    counts = summary_counts(model, components)
     width = max(len(name) for name in counts)
     for name, value in counts.items():
         print(f"{name:<{width}}  {value:>15,}")
