@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from diffusers.models.resnet import TemporalConvLayer
 from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from tokenizers import ByteLevelBPETokenizer
 from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTextConfig, CLIPTextModel,
@@ -161,6 +162,22 @@ def build_tiny_weights(out_dir, seed: int = 0) -> None:
         _write_components(staging, seed)
 
 
+def build_tiny_unet() -> UNet3DConditionModel:
+    """The tiny UNet, with non-zero temporal convolutions like the trained ModelScope UNet's.
+
+    diffusers zero-initialises the last convolution of every ``TemporalConvLayer``, so that a new video UNet
+    starts as its image UNet. Frozen like that, the tiny UNet would be blind to frame order: its temporal
+    attention has no position embedding, so the features of a reversed clip would be the reversed features
+    and nothing downstream could tell "moving left" from "moving right". The trained UNet's temporal
+    convolutions are not zero; here they get PyTorch's default convolution initialisation.
+    """
+    unet = UNet3DConditionModel(**UNET_CONFIG)
+    for module in unet.modules():
+        if isinstance(module, TemporalConvLayer):
+            module.conv4[-1].reset_parameters()
+    return unet
+
+
 def _write_components(root: Path, seed: int) -> None:
     write_clip_tokenizer(root / "tokenizer", pad_token="!")  # ModelScope pads with id 0, as open_clip does
     (root / "roberta").mkdir()
@@ -169,7 +186,7 @@ def _write_components(root: Path, seed: int) -> None:
     clip_config = CLIPConfig(text_config=CLIP_TEXT_CONFIG, vision_config=CLIP_VISION_CONFIG,
                              projection_dim=CLIP_PROJECTION_DIM)
     builders = {
-        "unet": lambda: UNet3DConditionModel(**UNET_CONFIG),
+        "unet": build_tiny_unet,
         "vae": lambda: AutoencoderKL(**VAE_CONFIG),
         "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG)),
         "clip": lambda: CLIPModel(clip_config),

@@ -118,6 +118,33 @@ def test_taps_match_the_stock_unet_forward_for_a_per_video_condition(components)
         torch.testing.assert_close(tap, stock_tap[0] if isinstance(stock_tap, tuple) else stock_tap)
 
 
+def test_unet_features_depend_on_frame_order(components):
+    """Reversing a clip must not just reverse its features, or motion direction would be invisible downstream.
+
+    The temporal attention has no position embedding; the tiny UNet's non-zero temporal convolutions (as in the
+    trained UNet) are what make the features order-aware from the first down block on (f0 precedes them).
+    """
+    unet = copy.deepcopy(components.unet).eval()
+    latents = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    condition = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(2)).repeat(4, 1, 1)  # every frame
+    extractor = UNetFeatureExtractor(unet)
+    with torch.no_grad():
+        forward = extractor(latents, condition)
+        backward = extractor(latents.flip(2), condition)
+    for tap_forward, tap_backward in zip(forward[1:], backward[1:], strict=True):  # [T, C, h, w], f1..f5
+        difference = (tap_backward - tap_forward.flip(0)).abs().max() / tap_forward.abs().max()
+        assert difference > 0.01
+
+    for module in unet.modules():  # the stock initialisation: the same walk is blind to frame order
+        if type(module).__name__ == "TemporalConvLayer":
+            torch.nn.init.zeros_(module.conv4[-1].weight)
+            torch.nn.init.zeros_(module.conv4[-1].bias)
+    with torch.no_grad():
+        forward, backward = extractor(latents, condition), extractor(latents.flip(2), condition)
+    for tap_forward, tap_backward in zip(forward, backward, strict=True):
+        torch.testing.assert_close(tap_backward, tap_forward.flip(0), atol=1e-4, rtol=1e-4)
+
+
 def test_condition_is_per_frame(components):
     backbone = make_backbone(components).eval()
     clip = make_clip(1, 3, 32, 32)
@@ -220,6 +247,7 @@ def test_gradient_checkpointing_gives_the_same_outputs_and_gradients(components)
     clip = make_clip(1, 2, 32, 32)
     results = []
     for backbone in (plain, checkpointed):
+        torch.manual_seed(0)  # the frozen UNet keeps its dropout in train mode (as the paper's)
         output = backbone(clip, CAPTIONS[:1])
         sum(f.square().mean() for f in output.features).backward()
         grads = {name: p.grad for name, p in backbone.named_parameters() if p.grad is not None}
