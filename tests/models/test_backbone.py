@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from diffusers.models.resnet import TemporalConvLayer
 
 from models.backbone import BackboneOutput, VisualBackbone, build_backbone
 from models.backbone.frame_condition import ResidualMLP, TextImageCrossAttention
@@ -136,7 +137,7 @@ def test_unet_features_depend_on_frame_order(components):
         assert difference > 0.01
 
     for module in unet.modules():  # the stock initialisation: the same walk is blind to frame order
-        if type(module).__name__ == "TemporalConvLayer":
+        if isinstance(module, TemporalConvLayer):
             torch.nn.init.zeros_(module.conv4[-1].weight)
             torch.nn.init.zeros_(module.conv4[-1].bias)
     with torch.no_grad():
