@@ -16,7 +16,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
@@ -26,6 +25,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.davis_reference_loop import evaluate_loop  # noqa: E402
+from benchmarks.timing import timed  # noqa: E402
 from util.davis_eval import evaluate_davis_unsupervised, match_video, summarize  # noqa: E402
 
 GLOBAL_KEYS = ("J", "F", "JF", "J_recall", "J_decay", "F_recall", "F_decay")
@@ -76,13 +76,6 @@ def vectorised(videos: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
         j_rows, f_rows = match_video(gt, res, name)
         scores.update({f"{name}_{i + 1}": (j, f) for i, (j, f) in enumerate(zip(j_rows, f_rows))})
     return summarize(scores)
-
-
-def timed(fn, *args) -> tuple[dict, float, float]:
-    """-> (result, CPU seconds, wall seconds)."""
-    cpu, wall = time.process_time(), time.perf_counter()
-    out = fn(*args)
-    return out, time.process_time() - cpu, time.perf_counter() - wall
 
 
 def main() -> None:

@@ -38,6 +38,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.timing import timed  # noqa: E402
 from datasets.refshapes import generate_refshapes  # noqa: E402
 from models import build_model  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
@@ -110,13 +111,6 @@ class StageMeter:
     def reset(self) -> None:
         self.calls = dict.fromkeys(self.calls, 0)
         self.seconds = dict.fromkeys(self.seconds, 0.0)
-
-
-def timed(fn) -> tuple[np.ndarray, float, float]:
-    """-> (result, process CPU seconds, wall seconds)."""
-    cpu, wall = time.process_time(), time.perf_counter()
-    out = fn()
-    return out, time.process_time() - cpu, time.perf_counter() - wall
 
 
 def compare(predictor: Predictor, video: np.ndarray, sentences: list[str], repeat: int) -> dict:
