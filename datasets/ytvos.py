@@ -218,7 +218,7 @@ class YTVOSClips(EpochSeeded, Dataset):
         self.items = [
             (video, exp_id, anchor)
             for video, entry in sorted(self.videos.items())
-            for exp_id in sorted(entry["expressions"], key=_exp_order)
+            for exp_id in sorted(entry["expressions"], key=exp_id_order)
             for anchor in range(0, len(entry["frames"]), num_frames)
         ]
 
@@ -275,7 +275,7 @@ class YTVOSVideos(Dataset):
         self.items = [
             (video, exp_id)
             for video, entry in sorted(self.videos.items())
-            for exp_id in sorted(entry["expressions"], key=_exp_order)
+            for exp_id in sorted(entry["expressions"], key=exp_id_order)
         ]
 
     def __len__(self) -> int:
@@ -307,7 +307,7 @@ def absent_object_error(root: Path, split: str, video: str, obj_id: int) -> Data
     )
 
 
-def _exp_order(exp_id: str) -> tuple[int, str]:
+def exp_id_order(exp_id: str) -> tuple[int, str]:
     """Numeric exp ids in numeric order ("2" before "10"), others after them."""
     return (int(exp_id), "") if exp_id.isdigit() else (1 << 62, exp_id)
 

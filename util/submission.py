@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from datasets.ytvos import exp_id_order
+
 
 @dataclass(frozen=True)
 class ExpectedMask:
@@ -38,14 +40,9 @@ def expected_masks(meta: dict, frame_sizes: dict[str, tuple[int, int]]) -> list[
     return [
         ExpectedMask(video, exp_id, frame, frame_sizes[video])
         for video, entry in sorted(meta.items())
-        for exp_id in sorted(entry["expressions"], key=_exp_id_order)
+        for exp_id in sorted(entry["expressions"], key=exp_id_order)
         for frame in entry["frames"]
     ]
-
-
-def _exp_id_order(exp_id: str) -> tuple[int, str]:
-    """Numeric expression ids in numeric order ("2" before "10"), others after them."""
-    return (int(exp_id), "") if exp_id.isdigit() else (1 << 62, exp_id)
 
 
 def max_png_bytes(size: tuple[int, int]) -> int:
