@@ -21,12 +21,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from datasets import load_frames, read_meta_expressions
-from datasets.errors import DatasetFormatError
-from datasets.ytvos import meta_expressions_path, read_meta_json
+from datasets.ytvos import first_frame_sizes, meta_expressions_path, read_meta_json
 from util.atomic_write import write_folder
 from util.cli import exit_on_user_error
 from util.config import load_config, save_config
@@ -83,20 +81,6 @@ def submission_videos(data_root: Path, split: str) -> dict:
     print(f"dropped {len(videos) - len(kept)} test videos listed in {test_json}; {len(kept)} videos remain",
           file=sys.stderr)
     return kept
-
-
-def first_frame_sizes(data_root: Path, split: str, videos: dict) -> dict[str, tuple[int, int]]:
-    """``{video: (width, height)}`` of each video's first listed frame (header read only)."""
-    sizes = {}
-    for video, entry in videos.items():
-        path = data_root / split / "JPEGImages" / video / f"{entry['frames'][0]}.jpg"
-        try:
-            with Image.open(path) as image:
-                sizes[video] = image.size
-        except OSError as error:
-            raise DatasetFormatError(f"video {video!r}, frame {entry['frames'][0]!r}: {path} is not a readable "
-                                     f"image ({error}); re-extract it") from error
-    return sizes
 
 
 def video_mask_files(exp_ids: list[str], frame_names: list[str], masks: np.ndarray) -> dict[str, bytes]:

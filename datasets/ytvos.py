@@ -47,7 +47,7 @@ def normalize_caption(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def _check_video_entry(path: Path, video: str, entry) -> None:
+def check_video_entry(path: Path, video: str, entry) -> None:
     if not isinstance(entry, dict) or not isinstance(entry.get("expressions"), dict):
         raise DatasetFormatError(f"{path}: video {video!r} has no 'expressions' object")
     frames = entry.get("frames")
@@ -74,10 +74,15 @@ def read_meta_expressions(root: str | Path, split: str) -> dict:
             f"{path} not found: expected the Ref-YouTube-VOS layout under {root} "
             f"(meta_expressions/{split}/meta_expressions.json); check data_root and the split name"
         )
+    return read_checked_videos(path, Path(root) / split / "JPEGImages")
+
+
+def read_checked_videos(path: Path, image_root: Path) -> dict:
+    """The ``videos`` of the meta_expressions json ``path``, each entry checked (expressions with an ``exp``, a
+    non-empty ``frames`` list) and every listed frame found as ``image_root/<video>/<frame>.jpg``."""
     videos = read_meta_json(path)
-    image_root = Path(root) / split / "JPEGImages"
     for video, entry in videos.items():
-        _check_video_entry(path, video, entry)
+        check_video_entry(path, video, entry)
         folder = image_root / video
         if not folder.is_dir():
             raise FileNotFoundError(f"video {video!r} is listed in {path} but its folder {folder} is missing")
@@ -150,19 +155,34 @@ def frame_size(frames: list[Image.Image], video: str, frame_names: list[str]) ->
     return height, width
 
 
-def make_target(masks: np.ndarray, caption: str, size: tuple[int, int], **info) -> dict:
-    """The untransformed target of a clip: bool masks ``[T, H, W]``, xyxy pixel boxes, valid flags."""
-    masks = torch.from_numpy(masks)
-    valid = masks.flatten(1).any(dim=1).long()  # [T]
-    return {
-        "masks": masks,
-        "boxes": masks_to_boxes(masks),  # [T, 4] xyxy pixels, zero where absent
-        "valid": valid,
+def first_frame_sizes(data_root: str | Path, split: str, videos: dict) -> dict[str, tuple[int, int]]:
+    """``{video: (width, height)}`` of each video's first listed frame (header read only)."""
+    sizes = {}
+    for video, entry in videos.items():
+        path = Path(data_root) / split / "JPEGImages" / video / f"{entry['frames'][0]}.jpg"
+        try:
+            with Image.open(path) as image:
+                sizes[video] = image.size
+        except OSError as error:
+            raise DatasetFormatError(f"video {video!r}, frame {entry['frames'][0]!r}: {path} is not a readable "
+                                     f"image ({error}); re-extract it") from error
+    return sizes
+
+
+def make_target(masks: np.ndarray | None, caption: str, size: tuple[int, int], **info) -> dict:
+    """The untransformed target of a clip: bool masks ``[T, H, W]``, xyxy pixel boxes, valid flags (left out when
+    ``masks`` is None: a split without ground truth)."""
+    target = {
         "caption": normalize_caption(caption),
         "orig_size": torch.tensor(size, dtype=torch.long),
         "size": torch.tensor(size, dtype=torch.long),
         **info,
     }
+    if masks is not None:
+        masks = torch.from_numpy(masks)
+        target.update(masks=masks, boxes=masks_to_boxes(masks),  # [T, 4] xyxy pixels, zero where absent
+                      valid=masks.flatten(1).any(dim=1).long())  # [T]
+    return target
 
 
 def sample_clip_indices(
@@ -192,7 +212,9 @@ class YTVOSClips(EpochSeeded, Dataset):
     """Training clips ``(frames [T, 3, H, W], target)`` from a Ref-YouTube-VOS-layout split.
 
     One item per (video, expression, anchor) with anchors every ``num_frames`` frames. A clip is reversed
-    with probability ``reverse_prob``. Item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``.
+    with probability ``reverse_prob``. Item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``. Another layout
+    with the same sampling (``datasets/mevis.py``) overrides ``read_videos``, ``target_masks`` and
+    ``visible_frames``.
     """
 
     def __init__(
@@ -213,14 +235,35 @@ class YTVOSClips(EpochSeeded, Dataset):
         self.root, self.split = Path(root), split
         self.num_frames, self.max_skip, self.reverse_prob = num_frames, max_skip, reverse_prob
         self.transforms, self.seed = transforms, seed
-        self.videos = read_meta_expressions(root, split)
-        require_ground_truth(self.root, split, self.videos)
+        self.videos = self.read_videos()
         self.items = [
             (video, exp_id, anchor)
             for video, entry in sorted(self.videos.items())
             for exp_id in sorted(entry["expressions"], key=exp_id_order)
             for anchor in range(0, len(entry["frames"]), num_frames)
         ]
+
+    def read_videos(self) -> dict:
+        """The split's ``{video: entry}`` (``read_meta_expressions``), checked to have ground truth."""
+        videos = read_meta_expressions(self.root, self.split)
+        require_ground_truth(self.root, self.split, videos)
+        return videos
+
+    def target_masks(self, video: str, exp_id: str, indices: list[int], size: tuple[int, int]) -> np.ndarray:
+        """Bool masks ``[T, H, W]`` of the expression's target in the video frames ``indices``."""
+        names = self.videos[video]["frames"]
+        obj_id = int(self.videos[video]["expressions"][exp_id]["obj_id"])
+        return load_object_masks(self.root, self.split, video, [names[i] for i in indices], obj_id, size)
+
+    def visible_frames(self, video: str, exp_id: str, size: tuple[int, int]) -> list[int]:
+        """Indices of the video frames that show the target; an error when there are none (a layout that allows
+        an absent target returns [] instead, and its clips keep valid 0 in every frame)."""
+        masks = self.target_masks(video, exp_id, range(len(self.videos[video]["frames"])), size)
+        visible = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1)).tolist()
+        if not visible:
+            obj_id = int(self.videos[video]["expressions"][exp_id]["obj_id"])
+            raise absent_object_error(self.root, self.split, video, obj_id)
+        return visible
 
     def __len__(self) -> int:
         return len(self.items)
@@ -230,20 +273,21 @@ class YTVOSClips(EpochSeeded, Dataset):
         video, exp_id, anchor = self.items[index]
         entry = self.videos[video]
         expression = entry["expressions"][exp_id]
-        obj_id = int(expression["obj_id"])
         all_names = entry["frames"]
         indices = sample_clip_indices(len(all_names), anchor, self.num_frames, self.max_skip, rng)
         names = [all_names[i] for i in indices]
         frames = load_frames(self.root, self.split, video, names)
         size = frame_size(frames, video, names)
-        masks = load_object_masks(self.root, self.split, video, names, obj_id, size)
+        masks = self.target_masks(video, exp_id, indices, size)
         if not masks.any():
-            # The object is absent from the whole clip: re-anchor on a frame where it is visible.
-            anchor = self._visible_anchor(video, obj_id, size, rng)
-            indices = sample_clip_indices(len(all_names), anchor, self.num_frames, self.max_skip, rng)
-            names = [all_names[i] for i in indices]
-            frames = load_frames(self.root, self.split, video, names)
-            masks = load_object_masks(self.root, self.split, video, names, obj_id, size)
+            # The target is absent from the whole clip: re-anchor on a frame where it is visible (if any).
+            visible = self.visible_frames(video, exp_id, size)
+            if visible:
+                anchor = rng.choice(visible)
+                indices = sample_clip_indices(len(all_names), anchor, self.num_frames, self.max_skip, rng)
+                names = [all_names[i] for i in indices]
+                frames = load_frames(self.root, self.split, video, names)
+                masks = self.target_masks(video, exp_id, indices, size)
         if rng.random() < self.reverse_prob:
             frames, masks, names = frames[::-1], masks[::-1].copy(), names[::-1]
         target = make_target(
@@ -251,14 +295,6 @@ class YTVOSClips(EpochSeeded, Dataset):
             frames=names, video=video, exp_id=exp_id, kind=expression.get("kind", ""),
         )
         return self.transforms(frames, target, rng)
-
-    def _visible_anchor(self, video: str, obj_id: int, size: tuple[int, int], rng: random.Random) -> int:
-        names = self.videos[video]["frames"]
-        masks = load_object_masks(self.root, self.split, video, names, obj_id, size)
-        visible = np.flatnonzero(masks.reshape(len(names), -1).any(axis=1))
-        if len(visible) == 0:
-            raise absent_object_error(self.root, self.split, video, obj_id)
-        return int(rng.choice(visible.tolist()))
 
 
 class YTVOSVideos(Dataset):

@@ -1,4 +1,5 @@
-"""Ref-YouTube-VOS submissions: the ``Annotations/<video>/<exp_id>/<frame>.png`` tree and its zip.
+"""Submissions: the ``Annotations/<video>/<exp_id>/<frame>.png`` tree and zip of Ref-YouTube-VOS, and MeViS's,
+whose zip holds the ``<video>/<exp_id>/<frame>.png`` folders at its root.
 
 A submission must hold one single-channel PNG with values 0/255 at the original frame size for every frame of
 every expression of every video. ``check_submission`` lists everything that falls short, so that an
@@ -26,19 +27,21 @@ class ExpectedMask:
     exp_id: str
     frame: str
     size: tuple[int, int]  # (width, height) of the source frame
+    top: str = "Annotations"  # the folder holding the video folders; "" puts them at the root (MeViS)
 
     @property
     def name(self) -> str:
-        return f"Annotations/{self.video}/{self.exp_id}/{self.frame}.png"
+        path = f"{self.video}/{self.exp_id}/{self.frame}.png"
+        return f"{self.top}/{path}" if self.top else path
 
 
-def expected_masks(meta: dict, frame_sizes: dict[str, tuple[int, int]]) -> list[ExpectedMask]:
+def expected_masks(meta: dict, frame_sizes: dict[str, tuple[int, int]], top: str = "Annotations") -> list[ExpectedMask]:
     """Every PNG a submission for ``meta`` (a meta_expressions ``videos`` dict) must hold.
 
-    ``frame_sizes`` maps a video to its (width, height).
+    ``frame_sizes`` maps a video to its (width, height); ``top`` is the folder of the video folders ("" for MeViS).
     """
     return [
-        ExpectedMask(video, exp_id, frame, frame_sizes[video])
+        ExpectedMask(video, exp_id, frame, frame_sizes[video], top)
         for video, entry in sorted(meta.items())
         for exp_id in sorted(entry["expressions"], key=exp_id_order)
         for frame in entry["frames"]
@@ -77,7 +80,7 @@ def mask_problem(data: bytes, expected: ExpectedMask) -> str | None:
 
 
 def check_tree(root: Path, expected: list[ExpectedMask]) -> list[str]:
-    """Problems of the prediction tree under ``root`` (the folder holding ``Annotations/``)."""
+    """Problems of the prediction tree under ``root`` (the folder holding ``Annotations/``, or the video folders)."""
     problems = []
     for item in expected:
         path = root / item.name
@@ -120,7 +123,8 @@ def check_zip(zip_path: Path, expected: list[ExpectedMask]) -> list[str]:
 
 
 def write_submission_zip(root: Path, zip_path: Path, expected: list[ExpectedMask]) -> None:
-    """Zip ``root/Annotations`` to ``zip_path`` (``Annotations/`` at the zip root) after checking it is complete.
+    """Zip the ``expected`` PNGs under ``root`` to ``zip_path``, under the same names, after checking they are
+    complete (Ref-YouTube-VOS: ``Annotations/`` at the zip root; MeViS: the video folders).
 
     Raises ValueError listing the problems instead of writing an incomplete zip; the zip appears atomically.
     """

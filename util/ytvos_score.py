@@ -84,7 +84,12 @@ def score_predictions(pred_dir: str | Path, gt_root: str | Path, split: str) -> 
             per_expression[f"{video}/{exp_id}"] = {"J": j, "F": f, "JF": (j + f) / 2, "kind": expression.get("kind")}
     if not per_expression:
         raise ValueError(f"{meta_path} lists no expressions to score")
+    return {**summarize(per_expression), "per_expression": per_expression}
 
+
+def summarize(per_expression: dict[str, dict]) -> dict:
+    """``{"J", "F", "JF", "by_kind"}`` of per-expression scores ``{"J", "F", "kind"}``: the means over all
+    expressions, and per kind (expressions whose kind is None are left out of ``by_kind``)."""
     by_kind = {}
     for kind in sorted({s["kind"] for s in per_expression.values() if s["kind"] is not None}):
         scores = [s for s in per_expression.values() if s["kind"] == kind]
@@ -92,4 +97,4 @@ def score_predictions(pred_dir: str | Path, gt_root: str | Path, split: str) -> 
         by_kind[kind] = {"J": j, "F": f, "JF": (j + f) / 2, "count": len(scores)}
     j = _mean([s["J"] for s in per_expression.values()])
     f = _mean([s["F"] for s in per_expression.values()])
-    return {"J": j, "F": f, "JF": (j + f) / 2, "per_expression": per_expression, "by_kind": by_kind}
+    return {"J": j, "F": f, "JF": (j + f) / 2, "by_kind": by_kind}
