@@ -1,10 +1,16 @@
 """Session-wide fixtures: a small RefShapes dataset and the tiny pretrained weights, each built once."""
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(2)
+if not torch.cuda.is_available():
+    # Without a GPU the Triton kernels of models.ops run in Triton's interpreter. @triton.jit reads this variable
+    # when a function is decorated, triton's own library included, so it must be set before anything imports
+    # triton (diffusers and peft do): here, before any test module is collected.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")

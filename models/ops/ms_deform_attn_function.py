@@ -2,8 +2,10 @@
 
 Backends, chosen per call from the tensors' device:
 
-- CUDA tensors: the ``MultiScaleDeformableAttention`` extension when it is installed
-  (``cd models/ops && python setup.py build install``), else pure PyTorch.
+- CUDA tensors: the CUDA extension (``src/cuda``) when it is installed (``cd models/ops && python setup.py build
+  install``) or compiles on first use (needs nvcc); else the Triton kernels (:mod:`models.ops.triton_impl`, no
+  compile step: Triton ships with CUDA builds of torch) when they pass a one-off self-check on the device; else
+  pure PyTorch.
 - CPU tensors: our C++ kernel (``src/cpu/ms_deform_attn_cpu.cpp``, parallel over queries and heads), compiled on
   first use with ``torch.utils.cpp_extension.load`` and cached; if no compiler is available, pure PyTorch
   with a single warning.
@@ -14,21 +16,24 @@ The environment variable ``HCD_MSDA_BACKEND`` overrides the choice:
 - ``auto`` (default): as above.
 - ``pytorch``: always the pure-PyTorch implementation (nothing is compiled or imported).
 - ``cpp``: always the compiled kernel for the tensors' device; raises RuntimeError if it is unavailable.
+- ``triton``: always the Triton kernels; raises RuntimeError if Triton is not installed. They run on CUDA tensors,
+  and on CPU tensors only in Triton's interpreter (``TRITON_INTERPRET=1`` set before the first import).
 
 Every backend computes in float32 (float64 stays float64), returns the dtype of ``value``, has no
 ``im2col_step`` limit on the batch and supports autograd (first order).
 """
 import contextlib
+import functools
 import os
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from models.ops.kernels import cpu_kernel, cuda_kernel
+from models.ops import kernels
 from models.ops.pytorch_impl import ms_deform_attn_pytorch
 
 BACKEND_ENV = "HCD_MSDA_BACKEND"
-BACKENDS = ("auto", "pytorch", "cpp")
+BACKENDS = ("auto", "pytorch", "cpp", "triton")
 
 
 def ms_deform_attn(
@@ -51,7 +56,7 @@ def ms_deform_attn(
     Returns:
         [N, Lq, M*D] in ``value``'s dtype: sum over levels and points of weight * bilinear sample.
     """
-    _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     out_dtype = value.dtype
     compute_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
     device = value.device
@@ -64,13 +69,8 @@ def ms_deform_attn(
     no_autocast = (torch.autocast(device_type=device.type, enabled=False)
                    if torch.amp.is_autocast_available(device.type) else contextlib.nullcontext())
     with no_autocast:
-        kernel = _compiled_kernel(device)
-        if kernel is None:
-            out = ms_deform_attn_pytorch(value, spatial_shapes, level_start_index, sampling_locations,
-                                         attention_weights)
-        else:
-            out = _CompiledMSDeformAttn.apply(kernel, value, spatial_shapes, level_start_index,
-                                              sampling_locations, attention_weights)
+        out = implementation(device)(value, spatial_shapes, level_start_index, sampling_locations,
+                                     attention_weights)
     return out.to(out_dtype)
 
 
@@ -83,17 +83,28 @@ def selected_backend() -> str:
     return backend
 
 
-def _compiled_kernel(device: torch.device):
+def implementation(device: torch.device):
+    """The function with ``ms_deform_attn``'s signature that the backend choice gives for ``device``."""
     backend = selected_backend()
     if backend == "pytorch":
-        return None
-    kernel = {"cuda": cuda_kernel, "cpu": cpu_kernel}.get(device.type, lambda: None)()
-    if kernel is None and backend == "cpp":
+        return ms_deform_attn_pytorch
+    if backend == "triton":
+        triton_impl = kernels.triton_module()
+        if triton_impl is None:
+            raise RuntimeError(f"{BACKEND_ENV}=triton but Triton is not installed: `pip install triton` (it comes "
+                               f"with CUDA builds of torch), or set {BACKEND_ENV}=auto.")
+        return triton_impl.ms_deform_attn_triton
+    kernel = {"cuda": kernels.cuda_kernel, "cpu": kernels.cpu_kernel}.get(device.type, lambda: None)()
+    if kernel is not None:
+        return functools.partial(_CompiledMSDeformAttn.apply, kernel)
+    if backend == "cpp":
         hint = ("build it with `cd models/ops && python setup.py build install`" if device.type == "cuda"
                 else "see the warning above for why it did not compile")
         raise RuntimeError(f"{BACKEND_ENV}=cpp but no compiled multi-scale deformable attention kernel is "
                            f"available for {device.type} tensors: {hint}, or set {BACKEND_ENV}=auto.")
-    return kernel
+    if device.type == "cuda" and kernels.triton_works_on(device):
+        return kernels.triton_module().ms_deform_attn_triton
+    return ms_deform_attn_pytorch
 
 
 class _CompiledMSDeformAttn(torch.autograd.Function):
@@ -112,7 +123,7 @@ class _CompiledMSDeformAttn(torch.autograd.Function):
         return None, grad_value, None, None, grad_locations, grad_weights
 
 
-def _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> None:
+def check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> None:
     if value.dim() != 4:
         raise ValueError(f"ms_deform_attn: value must be [N, S, M, D], got shape {tuple(value.shape)}.")
     n, _, m, _ = value.shape

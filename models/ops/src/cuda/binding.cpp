@@ -1,5 +1,7 @@
 // Python module MultiScaleDeformableAttention (built by models/ops/setup.py), the interface of Deformable DETR's
 // op: ms_deform_attn_forward / ms_deform_attn_backward, without the im2col_step argument.
+#include <torch/extension.h>
+
 #include "ms_deform_attn_cuda.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

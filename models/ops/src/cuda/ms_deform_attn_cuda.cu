@@ -3,9 +3,11 @@
 // handle any batch size, so there is no im2col_step.
 #include "ms_deform_attn_cuda.h"
 
-#include <ATen/cuda/CUDAContext.h>
+// c10's stream header rather than ATen/cuda/CUDAContext.h: the latter pulls in cuBLAS/cuSPARSE/cuSOLVER headers,
+// which a toolkit of compiler + runtime + CCCL (what scripts/check_cuda_build.sh installs) does not have.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include <algorithm>
 
@@ -160,7 +162,7 @@ at::Tensor ms_deform_attn_cuda_forward(const at::Tensor& value, const at::Tensor
   auto output = at::empty({s.batch, s.queries, s.heads * s.channels}, value.options());
   const int64_t total = output.numel();
   if (total == 0) return output;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cuda_forward", [&] {
     forward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
         value.const_data_ptr<scalar_t>(), spatial_shapes.const_data_ptr<int64_t>(),
@@ -187,7 +189,7 @@ std::vector<at::Tensor> ms_deform_attn_cuda_backward(const at::Tensor& value, co
   auto grad_weights = at::zeros_like(attention_weights);
   const int64_t total = grad_output.numel();
   if (total == 0) return {grad_value, grad_locations, grad_weights};
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(value.scalar_type(), "ms_deform_attn_cuda_backward", [&] {
     backward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
         value.const_data_ptr<scalar_t>(), spatial_shapes.const_data_ptr<int64_t>(),

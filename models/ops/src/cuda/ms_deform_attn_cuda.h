@@ -9,7 +9,9 @@
 // All tensors contiguous and on the same CUDA device. Any batch size N (no im2col_step).
 #pragma once
 
-#include <torch/extension.h>
+// ATen only: torch/extension.h (Python and pybind11 headers) is for binding.cpp; nvcc warns on those headers
+// (#3189-D) and compiles slower with them.
+#include <ATen/ATen.h>
 
 #include <vector>
 
