@@ -3,32 +3,39 @@
 A sample is ``(frames [T, 3, H, W], target)`` with ImageNet-normalised frames and the target keys
 "masks" [T, H, W] float {0, 1}, "boxes" [T, 4] normalised cxcywh (zero where absent), "valid" [T] long,
 "caption", "orig_size" [2], "size" [2], "frames" (names), "video", "exp_id", "kind" (A2D / JHMDB add
-"annotated_index" and "image_id"). Batch them with ``util.nested_tensor.collate_clips``.
+"annotated_index" and "image_id"; MeViS's ``valid`` split, which has no masks, gives only the caption, sizes and
+names). Batch them with ``util.nested_tensor.collate_clips``.
 """
 from torch.utils.data import Dataset
 
 from datasets.a2d import A2DSentences
 from datasets.jhmdb import JHMDBSentences
+from datasets.mevis import MeViSClips, MeViSVideos
 from datasets.transforms_video import make_test_transforms, make_train_transforms
 from datasets.ytvos import YTVOSClips, YTVOSVideos, load_frames, read_meta_expressions
 
 __all__ = ["build_dataset", "load_frames", "read_meta_expressions"]
 
-NAMES = ("ytvos", "refshapes", "davis", "a2d", "jhmdb")
+NAMES = ("ytvos", "refshapes", "davis", "a2d", "jhmdb", "mevis")
+MEVIS_SPLITS = ("train", "valid_u", "valid")
 SPLITS = {"train": "train", "valid": "valid", "val": "valid"}
 
 
 def build_dataset(name: str, split: str, cfg: dict) -> Dataset:
-    """The dataset ``name`` in {ytvos, refshapes, davis, a2d, jhmdb} for ``split`` "train" or "valid"/"val".
+    """The dataset ``name`` in {ytvos, refshapes, davis, a2d, jhmdb, mevis} for ``split`` "train" or "valid"/"val"
+    (mevis: "train", "valid_u" or "valid", its split folders).
 
     Training splits give augmented clips (``make_train_transforms``); "valid" gives evaluation samples
     with the test transform: whole videos per expression for the Ref-YTVOS layout (ytvos, refshapes and
-    converted Ref-DAVIS17; the split needs ground truth), the test windows for A2D and JHMDB. Reads
+    converted Ref-DAVIS17; the split needs ground truth), the test windows for A2D and JHMDB, whole videos per
+    expression for MeViS (``valid_u`` with the union masks, ``valid`` without). Reads
     ``cfg["data_root"]``, ``cfg["data"][num_frames, max_skip, reverse_prob, train_scales, max_size,
     test_size]`` and ``cfg.get("seed", 0)``.
     """
     if name not in NAMES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
+    if name == "mevis":
+        return build_mevis(split, cfg)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose 'train' or 'valid' (alias 'val')")
     split, root, data = SPLITS[split], cfg["data_root"], cfg["data"]
@@ -52,3 +59,15 @@ def build_dataset(name: str, split: str, cfg: dict) -> Dataset:
     return YTVOSClips(
         root, "train", data["num_frames"], data["max_skip"], data["reverse_prob"], make_train_transforms(cfg), seed
     )
+
+
+def build_mevis(split: str, cfg: dict) -> Dataset:
+    """MeViS ``train`` clips (the Ref-YTVOS sampler and augmentation) or ``valid_u`` / ``valid`` whole videos."""
+    root, data = cfg["data_root"], cfg["data"]
+    if split == "train":
+        return MeViSClips(root, "train", data["num_frames"], data["max_skip"], data["reverse_prob"],
+                          make_train_transforms(cfg), cfg.get("seed", 0))
+    if split in MEVIS_SPLITS:
+        return MeViSVideos(root, split, make_test_transforms(data["test_size"], data["max_size"]))
+    raise ValueError(f"unknown MeViS split {split!r}; choose one of {', '.join(MEVIS_SPLITS)} (valid_u has ground "
+                     "truth, valid is scored by the server)")
