@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from util.cpu_threads import ThreadGovernor
 from util.distributed import all_reduce_mean, is_main_process
 from util.train_log import TrainLog
 
@@ -76,6 +77,9 @@ def train_one_epoch(
     ``"bf16"`` (autocast) or ``"fp16"`` (autocast with ``scaler``). Gradients of the trainable parameters are
     clipped to norm ``clip_max_norm`` (0 = no clipping).
 
+    On CPU the intra-op thread count follows the cores that other processes leave free
+    (``util.cpu_threads.ThreadGovernor``), so that a competing process slows training proportionally.
+
     ``step`` counts optimizer steps before this epoch. After each step ``on_step(step, batches_done)`` runs
     (on every rank: it may hold collectives such as checkpointing); a true result ends the epoch there (a
     requested stop: it must be true on every rank at the same step). Every ``log_every`` steps the losses,
@@ -96,7 +100,10 @@ def train_one_epoch(
     progress = tqdm(loader, total=len(loader), desc=f"epoch {epoch}", disable=not is_main_process(),
                     dynamic_ncols=True)
     batches = 0
+    governor = ThreadGovernor() if device.type == "cpu" else None
     for samples, captions, targets in progress:
+        if governor is not None:
+            governor.update()
         samples = samples.to(device, non_blocking=True)
         targets = targets_to(targets, device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

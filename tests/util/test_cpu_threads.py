@@ -1,0 +1,44 @@
+import torch
+
+from util import cpu_threads
+from util.cpu_threads import ThreadGovernor, threads_for
+
+
+def test_threads_for_leaves_a_core_per_competitor():
+    assert threads_for(cores=2, competitors=0.0, limit=2) == 2
+    assert threads_for(cores=2, competitors=1.0, limit=2) == 1
+    assert threads_for(cores=8, competitors=2.6, limit=8) == 5  # 2.6 runnable tasks on average -> 3 cores taken
+    assert threads_for(cores=2, competitors=5.0, limit=2) == 1  # never below one
+    assert threads_for(cores=16, competitors=0.0, limit=4) == 4  # never above what the process started with
+
+
+def test_competing_tasks_excludes_own_threads(monkeypatch):
+    monkeypatch.setattr(cpu_threads, "running_tasks", lambda: 5)
+    monkeypatch.setattr(cpu_threads, "own_running_threads", lambda: 2)
+    assert cpu_threads.competing_tasks(samples=3) == 3.0
+
+
+def test_own_running_threads_sees_the_calling_thread():
+    assert cpu_threads.own_running_threads() >= 1  # the thread reading /proc is running
+
+
+def test_governor_follows_competitors_and_restores(monkeypatch):
+    before = torch.get_num_threads()
+    competitors = [1.0]
+    monkeypatch.setattr(cpu_threads, "available_cores", lambda: 2)
+    monkeypatch.setattr(cpu_threads, "competing_tasks", lambda: competitors[0])
+    try:
+        torch.set_num_threads(2)
+        governor = ThreadGovernor(interval_s=0.0)
+        assert governor.limit == 2
+        assert governor.update() == 1 and torch.get_num_threads() == 1
+        assert governor.update() is None  # unchanged
+        competitors[0] = 0.0
+        assert governor.update() == 2 and torch.get_num_threads() == 2
+        slow = ThreadGovernor(interval_s=3600.0)
+        competitors[0] = 1.0
+        assert slow.update() == 1
+        competitors[0] = 0.0
+        assert slow.update() is None and torch.get_num_threads() == 1  # not looked at again before the interval
+    finally:
+        torch.set_num_threads(before)
