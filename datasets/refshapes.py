@@ -28,9 +28,28 @@ Output (``generate_refshapes``)::
 ``kind`` is an extra field that Ref-YouTube-VOS readers ignore. The valid split keeps ``obj_id`` and its
 annotations so that it can be scored locally. Each video draws from its own generator seeded by
 (seed, split, index), so the same seed gives byte-identical files.
+
+MeViS layout (``generate_refshapes(..., layout="mevis")``, ``datasets/mevis.py``): the same videos and frames, and
+besides their single-object expressions MeViS's second trait, expressions about **several** objects, whose target
+is the union of their masks:
+- group:        "the two red circles", "all the squares", "the big shapes" (every object with those attributes,
+  at least two);
+- group_motion: "the shapes moving left", "the circles that do not move" (the members of an attribute group that
+  share a motion, at least two, when the group also holds objects that move otherwise).
+They are drawn from a second generator per video, so the videos and single-object expressions are those of the
+default layout, which stays byte-identical::
+
+    out_dir/train/JPEGImages/<vid>/<frame>.jpg, train/meta_expressions.json, train/mask_dict.json
+    out_dir/valid_u/...     the valid videos, with mask_dict.json (local scoring)
+    out_dir/valid/...       the same videos without masks, standing in for the benchmark's server split
+
+``meta_expressions.json``: ``{"videos": {vid: {"expressions": {"0": {"exp", "obj_id": [ids], "anno_id": [ids],
+"kind"}}, "frames": [...]}}}`` (valid: ``exp`` only); ``mask_dict.json``: ``{anno_id: [COCO RLE, or null where
+the object is not visible, per frame]}``, one anno id per object, numbered through the split.
 """
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -40,9 +59,14 @@ from PIL import Image
 
 from util.atomic_write import atomic_directory
 from util.davis_palette import davis_palette
+from util.mask_rle import mask_to_rle
 
 SPLITS = ("train", "valid")
+LAYOUTS = ("ytvos", "mevis")
+# RefShapes split -> the MeViS split folders that hold its videos (the first one with masks).
+MEVIS_SPLITS = {"train": ("train",), "valid": ("valid_u", "valid")}
 KINDS = ("appearance", "size", "motion", "position", "relation")
+GROUP_KINDS = ("group", "group_motion")
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {
     "red": (225, 35, 35),
@@ -83,6 +107,16 @@ RELATION_PHRASES = {
     "right": ("the {d} right of the {r}", "the {d} to the right of the {r}"),
     "above": ("the {d} above the {r}",),
     "below": ("the {d} below the {r}", "the {d} under the {r}"),
+}
+# Several objects: "{d}" is the plural description ("red circles"), "{n}" their number in words.
+NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
+GROUP_PHRASES = ("the {d}", "all the {d}", "the {n} {d}")
+GROUP_MOTION_PHRASES = {
+    "up": ("the {d} moving up", "the {d} going up", "the {d} that move upwards"),
+    "down": ("the {d} moving down", "the {d} going down", "the {d} that move downwards"),
+    "left": ("the {d} moving left", "the {d} going to the left", "the {d} that move left"),
+    "right": ("the {d} moving right", "the {d} going to the right", "the {d} that move right"),
+    "still": ("the {d} staying still", "the {d} that do not move", "the {d} standing still"),
 }
 POSITION_AXES = {"left": (0, -1), "right": (0, 1), "top": (1, -1), "bottom": (1, 1)}  # (axis, sign), y down
 RELATION_AXES = {"left": (0, -1), "right": (0, 1), "above": (1, -1), "below": (1, 1)}
@@ -337,6 +371,43 @@ def choose_expressions(rng: np.random.Generator, objects: list[SceneObject], siz
     return chosen
 
 
+def group_candidates(rng: np.random.Generator, objects: list[SceneObject]) -> dict[str, list[tuple[str, list[int]]]]:
+    """Every (sentence, sorted obj_ids) of each group kind: a sentence that refers to exactly those objects, two or
+    more, over the whole clip (module docstring)."""
+    candidates = {kind: [] for kind in GROUP_KINDS}
+    seen = set()
+    for attributes in ATTRIBUTE_SUBSETS:
+        for representative in objects:
+            group = _matches(objects, representative, attributes)
+            key = (tuple(sorted(attributes)), tuple(o.obj_id for o in group))
+            if key in seen:
+                continue
+            seen.add(key)
+            if attributes and len(group) >= 2:
+                template = _pick(rng, GROUP_PHRASES)
+                sentence = template.format(d=_describe(rng, representative, attributes) + "s",
+                                           n=NUMBER_WORDS[len(group)])
+                candidates["group"].append((sentence, sorted(o.obj_id for o in group)))
+            for motion, templates in GROUP_MOTION_PHRASES.items():
+                movers = [o for o in group if o.motion == motion]
+                if 2 <= len(movers) < len(group):
+                    sentence = _pick(rng, templates).format(d=_describe(rng, representative, attributes) + "s")
+                    candidates["group_motion"].append((sentence, sorted(o.obj_id for o in movers)))
+    return candidates
+
+
+def choose_group_expressions(rng: np.random.Generator, objects: list[SceneObject]) -> list[tuple[str, list[int], str]]:
+    """One or two multi-object expressions of distinct kinds, as (sentence, obj_ids, kind); none when the scene
+    has no group of two or more objects that a sentence can name."""
+    candidates = {kind: options for kind, options in group_candidates(rng, objects).items() if options}
+    kinds = [str(kind) for kind in rng.permutation(sorted(candidates))]
+    chosen = []
+    for kind in kinds[:1 + int(rng.random() < 0.5)]:
+        sentence, obj_ids = candidates[kind][int(rng.integers(len(candidates[kind])))]
+        chosen.append((sentence, obj_ids, kind))
+    return chosen
+
+
 def generate_video(rng: np.random.Generator, num_frames: int, size: int) -> Video:
     """Sample scenes until every object is well visible in at least half of the frames and each one can be
     referred to uniquely, then render it."""
@@ -364,21 +435,35 @@ def video_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS.index(split), index])
 
 
+def group_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator of a video's multi-object expressions, independent of ``video_rng``'s stream."""
+    return np.random.default_rng([seed, SPLITS.index(split), index, 1])
+
+
+def write_frames(image_dir: Path, frames: np.ndarray) -> None:
+    """Write a video's frames ``[T, S, S, 3]`` as ``image_dir/<frame>.jpg``."""
+    image_dir.mkdir(parents=True)
+    for frame_name, frame in zip(frame_names(len(frames)), frames):
+        Image.fromarray(frame).save(image_dir / f"{frame_name}.jpg", quality=JPEG_QUALITY)
+
+
 def write_video(split_dir: Path, name: str, video: Video) -> None:
     """Write the JPEG frames and the palette PNG annotations of one video."""
     palette = davis_palette()
-    image_dir, annotation_dir = split_dir / "JPEGImages" / name, split_dir / "Annotations" / name
-    image_dir.mkdir(parents=True)
+    annotation_dir = split_dir / "Annotations" / name
+    write_frames(split_dir / "JPEGImages" / name, video.frames)
     annotation_dir.mkdir(parents=True)
     size = video.labels.shape[1]
-    for frame_name, frame, label in zip(frame_names(len(video.frames)), video.frames, video.labels):
-        Image.fromarray(frame).save(image_dir / f"{frame_name}.jpg", quality=JPEG_QUALITY)
+    for frame_name, label in zip(frame_names(len(video.frames)), video.labels):
         annotation = Image.frombytes("P", (size, size), np.ascontiguousarray(label).tobytes())
         annotation.putpalette(palette)
         annotation.save(annotation_dir / f"{frame_name}.png")
 
 
-def _check_arguments(num_videos: int, num_valid_videos: int, num_frames: int, size: int, seed: int) -> None:
+def _check_arguments(num_videos: int, num_valid_videos: int, num_frames: int, size: int, seed: int,
+                     layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
     if num_videos < 1:
         raise ValueError(f"RefShapes needs at least 1 training video, got num_videos={num_videos}.")
     if num_valid_videos < 0:
@@ -393,16 +478,18 @@ def _check_arguments(num_videos: int, num_valid_videos: int, num_frames: int, si
 
 
 def generate_refshapes(out_dir, num_videos: int = 200, num_valid_videos: int = 40, num_frames: int = 16,
-                       size: int = 128, seed: int = 0) -> None:
-    """Generate RefShapes into ``out_dir`` (absent or empty) in the Ref-YouTube-VOS layout described above.
+                       size: int = 128, seed: int = 0, layout: str = "ytvos") -> None:
+    """Generate RefShapes into ``out_dir`` (absent or empty) in the Ref-YouTube-VOS layout, or with
+    ``layout="mevis"`` in the MeViS layout with multi-object expressions added (module docstring).
 
     The dataset is built in a temporary sibling folder and renamed into place, so ``out_dir`` is either
     complete or untouched. Raises ValueError for bad arguments and FileExistsError if ``out_dir`` is not empty.
     """
-    _check_arguments(num_videos, num_valid_videos, num_frames, size, seed)
+    _check_arguments(num_videos, num_valid_videos, num_frames, size, seed, layout)
+    generate = _generate_split if layout == "ytvos" else _generate_mevis_split
     with atomic_directory(out_dir) as staging:
         for split, count in zip(SPLITS, (num_videos, num_valid_videos)):
-            _generate_split(staging, split, count, num_frames, size, seed)
+            generate(staging, split, count, num_frames, size, seed)
 
 
 def _generate_split(root: Path, split: str, count: int, num_frames: int, size: int, seed: int) -> None:
@@ -428,3 +515,44 @@ def _generate_split(root: Path, split: str, count: int, num_frames: int, size: i
     (meta_dir / "meta_expressions.json").write_text(json.dumps({"videos": expressions_json}, indent=1))
     if split == "train":
         (root / split / "meta.json").write_text(json.dumps({"videos": objects_json}, indent=1))
+
+
+def object_rles(video: Video) -> dict[int, list[dict | None]]:
+    """obj_id -> per frame the COCO RLE of the object's visible pixels, None where it is not visible."""
+    return {obj.obj_id: [mask_to_rle(label == obj.obj_id) if (label == obj.obj_id).any() else None
+                         for label in video.labels]
+            for obj in video.objects}
+
+
+def _generate_mevis_split(root: Path, split: str, count: int, num_frames: int, size: int, seed: int) -> None:
+    """RefShapes ``split`` in the MeViS layout: its videos in every folder of ``MEVIS_SPLITS[split]``, the
+    json and ``mask_dict.json`` with the ground truth in the first, ``exp`` and ``frames`` only in ``valid``."""
+    names = frame_names(num_frames)
+    folders = MEVIS_SPLITS[split]
+    metas, mask_dict = {folder: {} for folder in folders}, {}
+    for folder in folders:
+        (root / folder / "JPEGImages").mkdir(parents=True)
+    for index in range(count):
+        name = f"rs_{split}_{index:04d}"
+        video = generate_video(video_rng(seed, split, index), num_frames, size)
+        groups = choose_group_expressions(group_rng(seed, split, index), video.objects)
+        anno_of = {}
+        for obj_id, rles in object_rles(video).items():
+            anno_of[obj_id] = len(mask_dict)
+            mask_dict[str(anno_of[obj_id])] = rles
+        expressions = [(sentence, [obj_id], kind) for sentence, obj_id, kind in video.expressions] + groups
+        write_frames(root / folders[0] / "JPEGImages" / name, video.frames)
+        metas[folders[0]][name] = {
+            "expressions": {str(i): {"exp": sentence, "obj_id": obj_ids, "anno_id": [anno_of[o] for o in obj_ids],
+                                     "kind": kind}
+                            for i, (sentence, obj_ids, kind) in enumerate(expressions)},
+            "frames": names,
+        }
+        for folder in folders[1:]:
+            shutil.copytree(root / folders[0] / "JPEGImages" / name, root / folder / "JPEGImages" / name)
+            metas[folder][name] = {"expressions": {str(i): {"exp": sentence} for i, (sentence, _, _) in
+                                                   enumerate(expressions)},
+                                   "frames": names}
+    for folder in folders:
+        (root / folder / "meta_expressions.json").write_text(json.dumps({"videos": metas[folder]}, indent=1))
+    (root / folders[0] / "mask_dict.json").write_text(json.dumps(mask_dict))

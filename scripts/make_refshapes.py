@@ -1,6 +1,8 @@
-"""Generate RefShapes, the procedural referring-video dataset, in the Ref-YouTube-VOS layout.
+"""Generate RefShapes, the procedural referring-video dataset, in the Ref-YouTube-VOS or the MeViS layout.
 
-Usage (from the repository root): python scripts/make_refshapes.py --out data/refshapes
+Usage (from the repository root):
+    python scripts/make_refshapes.py --out data/refshapes
+    python scripts/make_refshapes.py --out data/refshapes_mevis --format mevis    # + multi-object expressions
 """
 import argparse
 import json
@@ -11,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/ is not a package
 
-from datasets.refshapes import MAX_FRAMES, MIN_FRAMES, MIN_SIZE, generate_refshapes  # noqa: E402
+from datasets.refshapes import LAYOUTS, MAX_FRAMES, MIN_FRAMES, MIN_SIZE, generate_refshapes  # noqa: E402
 
 
 def int_in_range(low: int, high: int | None = None):
@@ -45,6 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"frame side in pixels, frames are square (default: 128, at least {MIN_SIZE})")
     parser.add_argument("--seed", type=int_in_range(0), default=0,
                         help="random seed; the same seed gives byte-identical files (default: 0)")
+    parser.add_argument("--format", choices=LAYOUTS, default="ytvos",
+                        help="ytvos: the Ref-YouTube-VOS layout (meta_expressions/, Annotations/ PNGs); mevis: the "
+                             "MeViS layout (train/, valid_u/ with mask_dict.json, valid/ without masks) with the "
+                             "same videos plus multi-object expressions such as 'the two red circles' (default: "
+                             "ytvos)")
     return parser.parse_args(argv)
 
 
@@ -53,16 +60,18 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     try:
         generate_refshapes(args.out, num_videos=args.videos, num_valid_videos=args.valid_videos,
-                           num_frames=args.frames, size=args.size, seed=args.seed)
+                           num_frames=args.frames, size=args.size, seed=args.seed, layout=args.format)
     except FileExistsError as error:
         sys.exit(f"error: {error}")
     elapsed = time.perf_counter() - start
-    meta = json.loads((args.out / "meta_expressions" / "train" / "meta_expressions.json").read_text())
+    train_json = {"ytvos": args.out / "meta_expressions" / "train", "mevis": args.out / "train"}[args.format]
+    meta = json.loads((train_json / "meta_expressions.json").read_text())
     kinds = Counter(e["kind"] for v in meta["videos"].values() for e in v["expressions"].values())
     total = sum(kinds.values())
     shares = ", ".join(f"{kind} {count / total:.0%}" for kind, count in sorted(kinds.items()))
     print(f"RefShapes: {args.videos} train + {args.valid_videos} valid videos of {args.frames} frames at "
-          f"{args.size}x{args.size} written to {args.out} in {elapsed:.1f} s; {total} train expressions ({shares}).")
+          f"{args.size}x{args.size} written to {args.out} ({args.format} layout) in {elapsed:.1f} s; {total} train "
+          f"expressions ({shares}).")
 
 
 if __name__ == "__main__":
