@@ -9,7 +9,8 @@
 ``load_pretrained`` checks every file it needs first and reports all missing ones in one
 ``MissingWeightsError`` with the command that downloads them; ``build_pretrained_on_meta`` builds the
 full-size modules from the configs stored in ``configs/pretrained`` without any weights (for parameter
-counts and shape checks). ``scripts/make_tiny_weights.py`` writes a tiny random set in the same layout.
+counts and shape checks), ``build_pretrained_from_configs`` the same with random weights on a real device (for
+full-size runs and benchmarks without downloads). ``scripts/make_tiny_weights.py`` writes a tiny random set in the same layout.
 The scheduler is part of the layout but not loaded: HCD runs the UNet once at timestep 0 without noise.
 """
 import json
@@ -182,15 +183,14 @@ def load_pretrained(weights_dir, torch_dtype: torch.dtype = torch.float32) -> Pr
     )
 
 
-def build_pretrained_on_meta(config_dir=DEFAULT_CONFIG_DIR) -> PretrainedComponents:
-    """Build the full-size modules from ``config_dir`` on the meta device: no weights, no memory, tokenizers None.
+COMPONENT_CONFIGS = ("unet", "vae", "text_encoder", "clip", "roberta")
 
-    ``config_dir`` holds unet/, vae/, text_encoder/, clip/ and roberta/ config.json files (the real ones by
-    default), so that shapes and parameter counts can be checked without downloading anything.
-    """
+
+def read_component_configs(config_dir=DEFAULT_CONFIG_DIR) -> dict[str, dict]:
+    """The ``config.json`` of each of unet/, vae/, text_encoder/, clip/ and roberta/ in ``config_dir``, by folder."""
     config_dir = Path(config_dir)
     configs = {}
-    for name in ("unet", "vae", "text_encoder", "clip", "roberta"):
+    for name in COMPONENT_CONFIGS:
         path = config_dir / name / "config.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing; {config_dir} must hold unet/, vae/, text_encoder/, clip/ "
@@ -199,16 +199,42 @@ def build_pretrained_on_meta(config_dir=DEFAULT_CONFIG_DIR) -> PretrainedCompone
     if not isinstance(configs["clip"].get("vision_config"), dict):
         raise ValueError(f"{config_dir / 'clip' / 'config.json'} must be a CLIPModel config with a 'vision_config' "
                          f"object (the config.json of {CLIP_REPO}).")
-    with torch.device("meta"):
-        return PretrainedComponents(
-            unet=UNet3DConditionModel.from_config(configs["unet"]),
-            vae=AutoencoderKL.from_config(configs["vae"]),
-            clip_text=CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"])),
-            clip_tokenizer=None,
-            clip_vision=CLIPVisionTower(clip_vision_config(CLIPConfig.from_dict(configs["clip"]))),
-            roberta=RobertaModel(RobertaConfig.from_dict(configs["roberta"])),
-            roberta_tokenizer=None,
-        )
+    return configs
+
+
+def build_pretrained_from_configs(configs: dict[str, dict], device="meta", dtype: torch.dtype = torch.float32,
+                                  clip_tokenizer: PreTrainedTokenizerBase | None = None,
+                                  roberta_tokenizer: PreTrainedTokenizerBase | None = None) -> PretrainedComponents:
+    """The pretrained modules of ``configs`` (as :func:`read_component_configs` returns them) with random weights.
+
+    Each module is built directly on ``device`` with its library's initialisation and cast to ``dtype`` before the
+    next one is built, so host memory peaks at the final size plus one module in float32. On the meta device
+    nothing is allocated. Modules come back in eval mode, like :func:`load_pretrained`'s.
+    """
+    builders = {
+        "unet": lambda: UNet3DConditionModel.from_config(configs["unet"]),
+        "vae": lambda: AutoencoderKL.from_config(configs["vae"]),
+        "clip_text": lambda: CLIPTextModel(CLIPTextConfig.from_dict(configs["text_encoder"])),
+        "clip_vision": lambda: CLIPVisionTower(clip_vision_config(CLIPConfig.from_dict(configs["clip"]))),
+        "roberta": lambda: RobertaModel(RobertaConfig.from_dict(configs["roberta"])),
+    }
+    modules = {}
+    for name, build in builders.items():
+        with torch.device(device):
+            module = build().eval()
+        if next(module.parameters()).dtype != dtype:  # diffusers warns on every .to(dtype), even a no-op one
+            module.to(dtype=dtype)
+        modules[name] = module
+    return PretrainedComponents(clip_tokenizer=clip_tokenizer, roberta_tokenizer=roberta_tokenizer, **modules)
+
+
+def build_pretrained_on_meta(config_dir=DEFAULT_CONFIG_DIR) -> PretrainedComponents:
+    """Build the full-size modules from ``config_dir`` on the meta device: no weights, no memory, tokenizers None.
+
+    ``config_dir`` holds unet/, vae/, text_encoder/, clip/ and roberta/ config.json files (the real ones by
+    default), so that shapes and parameter counts can be checked without downloading anything.
+    """
+    return build_pretrained_from_configs(read_component_configs(config_dir))
 
 
 def parameter_counts(components: PretrainedComponents) -> dict[str, int]:
