@@ -14,6 +14,9 @@
   ``inference.clip_len`` frames a pass for davis) into ``<output_dir>/eval_valid/Annotations/<video>/<exp_id>/
   <frame>.png`` and scored with ``util.ytvos_score.score_predictions``: J, F and J&F over expressions, and per
   expression kind.
+- **MeViS** (``mevis``): the ``valid_u`` split is segmented the same way (``inference.clip_len`` frames a pass) into
+  ``<output_dir>/eval_valid_u/<video>/<exp_id>/<frame>.png`` and scored with ``util.mevis_score.score_mevis`` as the
+  official ``tools/eval_mevis.py`` scores it (the union of each expression's objects is its ground truth).
 
 Under ``torchrun`` every rank evaluates its shard (every world_size-th sample or video) and rank 0 computes the
 metrics. Rank 0 prints a table and, as the last line, the metrics as one JSON object, which it also writes to
@@ -31,21 +34,26 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from datasets import build_dataset, load_frames, read_meta_expressions
+from datasets.mevis import mask_dict_path, read_mevis_meta
 from datasets.ytvos import require_ground_truth
 from engine import AMP_DTYPES
+from inference_mevis import write_predictions
 from inference_ytvos import score_table, video_mask_files
 from models.predictor import Predictor
 from util.a2d_metrics import PRECISION_THRESHOLDS, a2d_metrics, build_coco_ground_truth
 from util.atomic_write import atomic_write, write_folder
 from util.distributed import all_gather_objects, barrier, get_rank, get_world_size, is_main_process
 from util.mask_rle import mask_to_rle, rle_to_mask
+from util.mevis_score import score_mevis
 from util.nested_tensor import collate_clips
 from util.ytvos_score import score_predictions
 
 A2D_DATASETS = ("a2d", "jhmdb")
 YTVOS_DATASETS = ("refshapes", "ytvos", "davis")
+MEVIS_DATASETS = ("mevis",)
 MASK_THRESHOLD = 0.5  # the A2D / JHMDB protocol's threshold on the mask probability
 PREDICTION_DIR = "eval_valid"
+MEVIS_SPLIT = "valid_u"  # the MeViS split with ground truth
 
 
 def run_evaluation(model: torch.nn.Module, cfg: dict, args: argparse.Namespace) -> dict:
@@ -69,9 +77,15 @@ def run_evaluation(model: torch.nn.Module, cfg: dict, args: argparse.Namespace) 
             return {}
         table = score_table(scores)
         results = {key: scores[key] for key in ("J", "F", "JF", "by_kind")}
+    elif name in MEVIS_DATASETS:
+        scores = evaluate_mevis(model, cfg, amp, output_dir / f"eval_{MEVIS_SPLIT}")
+        if not is_main_process():
+            return {}
+        table = score_table(scores)
+        results = {key: scores[key] for key in ("J", "F", "JF", "expressions", "version", "by_kind")}
     else:
         raise ValueError(f"cannot evaluate dataset {name!r}; --eval supports "
-                         f"{', '.join(A2D_DATASETS + YTVOS_DATASETS)}")
+                         f"{', '.join(A2D_DATASETS + YTVOS_DATASETS + MEVIS_DATASETS)}")
     line = json.dumps(results)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(output_dir / f"eval_{name}.json", lambda f: f.write((line + "\n").encode()))
@@ -207,3 +221,25 @@ def evaluate_ytvos(model: torch.nn.Module, cfg: dict, amp: str, pred_dir: Path) 
     if not is_main_process():
         return {}
     return score_predictions(pred_dir, root, "valid")
+
+
+# ----------------------------------------------------------------------------------------------------- MeViS
+
+
+def evaluate_mevis(model: torch.nn.Module, cfg: dict, amp: str, pred_dir: Path) -> dict:
+    """Segment MeViS valid_u into ``pred_dir/<video>/<exp_id>/<frame>.png`` and score it:
+    ``util.mevis_score.score_mevis`` result on rank 0, {} on the other ranks."""
+    root = Path(cfg["data_root"])
+    videos = read_mevis_meta(root, MEVIS_SPLIT)
+    if not mask_dict_path(root, MEVIS_SPLIT).is_file():  # before any inference: without masks nothing is scored
+        raise FileNotFoundError(f"{mask_dict_path(root, MEVIS_SPLIT)} not found: MeViS valid_u's ground truth")
+    if amp == "fp16":
+        raise ValueError("the MeViS evaluation runs in fp32 or bf16: pass --amp none or --amp bf16")
+    predictor = Predictor(model, cfg, next(model.parameters()).device, amp)
+    shard = {video: videos[video] for video in sorted(videos)[get_rank()::get_world_size()]}
+    write_predictions(predictor, root, MEVIS_SPLIT, shard, pred_dir, cfg["inference"]["clip_len"],
+                      progress=is_main_process())
+    barrier()  # every rank's videos are written before rank 0 reads them
+    if not is_main_process():
+        return {}
+    return score_mevis(pred_dir, root, MEVIS_SPLIT)

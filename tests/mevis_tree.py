@@ -46,11 +46,13 @@ def write_split(root: Path, split: str, videos: dict, frames: bool = True, masks
     return root
 
 
-def write_predictions(pred_dir: Path, video: str, exp_id: str, masks: np.ndarray) -> None:
-    """``pred_dir/<video>/<exp_id>/<frame>.png``, 0/255, for bool masks ``[T, H, W]``."""
+def write_predictions(pred_dir: Path, video: str, exp_id: str, masks: np.ndarray,
+                      names: list[str] | None = None) -> None:
+    """``pred_dir/<video>/<exp_id>/<frame>.png``, 0/255, for bool masks ``[T, H, W]``; frames named ``names``
+    (default 00000, 00001, ...)."""
     folder = pred_dir / video / exp_id
     folder.mkdir(parents=True)
-    for name, mask in zip(frame_names(len(masks)), masks):
+    for name, mask in zip(names or frame_names(len(masks)), masks):
         (folder / f"{name}.png").write_bytes(mask_png_bytes(mask))
 
 

@@ -20,6 +20,7 @@ TRAIN = {
     "dist_train_ytvos_hcd.sh": ("configs/ytvos_hcd.yaml", 8, "data/ref-youtube-vos"),
     "dist_train_davis_hcd.sh": ("configs/davis_hcd.yaml", 1, "data/ref-davis"),
     "dist_train_a2d_hcd.sh": ("configs/a2d_hcd.yaml", 4, "data/a2d_sentences"),
+    "dist_train_mevis_hcd.sh": ("configs/mevis_hcd.yaml", 8, "data/mevis"),
 }
 # The keys the paper's scripts set differently from Ref-YouTube-VOS (reference/hcd-architecture.md section 4.3).
 PAPER_KEYS = {
@@ -27,6 +28,9 @@ PAPER_KEYS = {
                        "train.epochs": 3, "train.lr": 2.5e-5, "train.lr_drop": [6, 8], "train.batch_size": 1},
     "a2d_hcd.yaml": {"dataset": "a2d", "data_root": "data/a2d_sentences", "output_dir": "outputs/a2d_hcd",
                      "train.epochs": 6, "train.lr": 1e-4, "train.lr_drop": [3, 5], "train.batch_size": 1},
+    # MeViS: the Ref-YouTube-VOS recipe without clip reversal (motion expressions).
+    "mevis_hcd.yaml": {"dataset": "mevis", "data_root": "data/mevis", "output_dir": "outputs/mevis_hcd",
+                       "data.reverse_prob": 0.0},
 }
 
 
@@ -145,6 +149,24 @@ def test_inference_dry_runs(script, entry, data_root, checkpoint, tmp_path):
         assert flag(command, "--davis_root") == "data/DAVIS"  # scores the four annotators after inference
     cfg = parse_block(block)
     assert cfg["seed"] == 7 and cfg["data_root"] == data_root
+
+
+@pytest.mark.parametrize("split", ["valid", "valid_u"])
+def test_mevis_dry_run_writes_the_split_and_scores_valid_u(split, checkpoint, tmp_path):
+    commands, (block,) = dry_run("dist_test_mevis_hcd.sh", "--clip_len", "12", CHECKPOINT=str(checkpoint),
+                                 DEVICE="cpu", SPLIT=split)
+    inference = commands[0]
+    assert inference[:2] == [sys.executable, "inference_mevis.py"] and inference[-2:] == ["--clip_len", "12"]
+    assert flag(inference, "--split") == split and flag(inference, "--data_root") == "data/mevis"
+    assert flag(inference, "--output_dir") == f"outputs/mevis_hcd/{split}"
+    assert flag(inference, "--checkpoint") == str(checkpoint) and flag(inference, "--device") == "cpu"
+    if split == "valid":
+        assert len(commands) == 1
+    else:
+        (scoring,) = commands[1:]
+        assert scoring[:3] == [sys.executable, "inference_mevis.py", "--score"]
+        assert flag(scoring, "--pred_dir") == "outputs/mevis_hcd/valid_u" and flag(scoring, "--gt_root") == "data/mevis"
+    assert parse_block(block)["seed"] == 7
 
 
 def test_a2d_dry_run_evaluates_a2d_then_jhmdb(checkpoint, tmp_path):

@@ -1,0 +1,132 @@
+"""MeViS inference and scoring: the prediction folders, a checked submission zip for ``valid``, J&F on ``valid_u``.
+
+    python inference_mevis.py --checkpoint outputs/mevis_hcd/last.pth --weights weight --data_root data/mevis \\
+        --split valid --output_dir outputs/mevis_hcd/valid --device cuda
+    python inference_mevis.py --score --pred_dir outputs/mevis_hcd/valid_u --gt_root data/mevis --split valid_u
+
+Inference writes ``<output_dir>/<video>/<exp_id>/<frame>.png`` (8-bit "L", 0/255, original size) for every frame
+of every expression in ``<data_root>/<split>/meta_expressions.json``, each video folder at once (never half
+written), and ``config.yaml``. For ``valid`` it then writes ``<output_dir>/submission.zip`` with the video folders
+at its root, the layout of the MeViS server (Ref-YouTube-VOS zips hold ``Annotations/`` instead), once every PNG
+has been checked. A video runs with all its expressions in each forward pass, in clips of ``--clip_len`` frames.
+The model gives one mask per expression: for an expression about several objects, the union of them, which is
+what the benchmark scores. Only ``exp`` and ``frames`` of the json and the JPEG frames are read.
+
+Scoring (``util/mevis_score.py``) follows MeViS's ``tools/eval_mevis.py``: per expression the union of its
+``anno_id`` masks is the ground truth, J and F (bound_th 0.008) are averaged over its frames and then over the
+expressions; a missing video folder scores 0, with a warning. It prints a table and, as the last line, a JSON
+object ``{"J", "F", "JF", "expressions", "version", "per_expression": {"<video>/<exp_id>": {"J", "F"}}}``.
+MeViS v1 and v2 differ (valid_u: 793 or 907 expressions; valid: 2,236 or 2,523) and their numbers are not
+comparable: both modes say which one the json is ("version", "unknown" for any other count).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from datasets import load_frames
+from datasets.mevis import count_expressions, mevis_version, read_mevis_meta
+from datasets.ytvos import first_frame_sizes
+from inference_ytvos import add_model_arguments, load_predictor, score_table, video_mask_files
+from util.atomic_write import write_folder
+from util.cli import exit_on_user_error
+from util.config import save_config
+from util.mevis_score import score_mevis
+from util.submission import expected_masks, write_submission_zip
+
+SPLITS = ("valid_u", "valid")
+JSON_KEYS = ("J", "F", "JF", "expressions", "version", "per_expression")
+
+
+def describe_split(split: str, videos: dict) -> str:
+    """"MeViS v1 valid_u: 50 videos, 793 expressions" (the release told by the count)."""
+    count = count_expressions(videos)
+    version = mevis_version(split, count)
+    name = f"MeViS {version}" if version != "unknown" else "not a MeViS v1/v2 release count"
+    return f"{name} {split}: {len(videos)} videos, {count} expressions"
+
+
+def write_predictions(predictor, data_root: Path, split: str, videos: dict, output_dir: Path,
+                      clip_len: int | None, progress: bool = True) -> None:
+    """Segment every expression of ``videos`` into ``output_dir/<video>/<exp_id>/<frame>.png`` (one atomic folder
+    per video); ``clip_len`` frames a forward pass (None: the whole video); ``progress``: show a progress bar."""
+    for video, entry in tqdm(sorted(videos.items()), desc="videos", unit="video", disable=not progress):
+        exp_ids = list(entry["expressions"])
+        frames = load_frames(data_root, split, video, entry["frames"])
+        masks = predictor.segment(frames, [entry["expressions"][e]["exp"] for e in exp_ids], clip_len=clip_len)
+        write_folder(output_dir / video, video_mask_files(exp_ids, entry["frames"], masks))
+
+
+def run_inference(args: argparse.Namespace) -> int:
+    predictor = load_predictor(args)
+    data_root = Path(args.data_root or predictor.cfg["data_root"])
+    output_dir = Path(args.output_dir)
+    videos = read_mevis_meta(data_root, args.split)
+    # Every video's first frame is read before anything is written: a broken frame stops the run up front.
+    expected = expected_masks(videos, first_frame_sizes(data_root, args.split, videos), top="")
+    print(describe_split(args.split, videos), file=sys.stderr)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_config(predictor.cfg, output_dir / "config.yaml")
+    clip_len = args.clip_len or predictor.cfg["inference"]["clip_len"]
+    write_predictions(predictor, data_root, args.split, videos, output_dir, clip_len)
+    if args.split == "valid":
+        zip_path = output_dir / "submission.zip"
+        write_submission_zip(output_dir, zip_path, expected)
+        print(f"wrote {len(expected)} masks of {len(videos)} videos to {output_dir} and {zip_path} (video folders "
+              "at the zip root, for the MeViS server)")
+    else:
+        print(f"wrote {len(expected)} masks of {len(videos)} videos to {output_dir}; score them with "
+              f"python inference_mevis.py --score --pred_dir {output_dir} --gt_root {data_root} --split {args.split}")
+    return 0
+
+
+def run_score(args: argparse.Namespace) -> int:
+    scores = score_mevis(args.pred_dir, args.gt_root, args.split)
+    print(f"MeViS {scores['version']} {args.split}: {scores['expressions']} expressions")
+    print(score_table(scores))
+    print(json.dumps({key: scores[key] for key in JSON_KEYS}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--score", action="store_true",
+                        help="score the prediction folders --pred_dir against --gt_root's --split (valid_u: it has "
+                             "mask_dict.json) as MeViS's tools/eval_mevis.py does; prints a table and, as the last "
+                             "line, a JSON object {J, F, JF, expressions, version, per_expression}")
+    add_model_arguments(parser)
+    parser.add_argument("--data_root", help="MeViS root holding <split>/JPEGImages and <split>/meta_expressions.json "
+                                            "(default: the config's `data_root`)")
+    parser.add_argument("--split", default="valid_u", choices=SPLITS,
+                        help="valid_u (ground truth in mask_dict.json: score it with --score) or valid (no masks: "
+                             "inference also writes submission.zip for the server) (default: valid_u)")
+    parser.add_argument("--output_dir", help="where <video>/<exp_id>/<frame>.png, config.yaml and, for valid, "
+                                             "submission.zip are written")
+    parser.add_argument("--clip_len", type=int,
+                        help="frames per forward pass (default: the config's inference.clip_len)")
+    parser.add_argument("--pred_dir", help="--score: folder holding <video>/<exp_id>/<frame>.png")
+    parser.add_argument("--gt_root", help="--score: MeViS root with <split>/meta_expressions.json and "
+                                          "<split>/mask_dict.json")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.score:
+        if not (args.pred_dir and args.gt_root):
+            parser.error("--score needs --pred_dir and --gt_root")
+        if args.split != "valid_u":
+            parser.error("--score needs a split with ground truth: --split valid_u (valid is scored by the server)")
+        return run_score(args)
+    if not (args.checkpoint and args.output_dir):
+        parser.error("inference needs --checkpoint and --output_dir (or use --score)")
+    if args.clip_len is not None and args.clip_len < 1:
+        parser.error(f"--clip_len must be >= 1, got {args.clip_len}")
+    return run_inference(args)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
