@@ -2,8 +2,8 @@
 
 N = 5 frames, levels 45x80, 23x40, 12x20, 6x10 (S = 4820 tokens, all of them queries), 8 heads x 32 channels,
 4 points, uniform random locations. Rows: our default dispatch (``ms_deform_attn``, HCD_MSDA_BACKEND=auto),
-the pure-PyTorch fallback, the classic grid_sample formulation, our compiled kernel and the peer package
-``torch_ms_deform_attn`` when installed. Times are medians over --repeat runs after one warm-up.
+the pure-PyTorch fallback, the classic grid_sample formulation, our compiled kernel, on CUDA the Triton kernels,
+and the peer package ``torch_ms_deform_attn`` when installed. Times are medians over --repeat runs after one warm-up.
 
     .venv/bin/python benchmarks/bench_msda.py --backward --repeat 5 --json
 """
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from models.ops import ms_deform_attn, ms_deform_attn_grid_sample, ms_deform_attn_pytorch  # noqa: E402
 from models.ops.ms_deform_attn_function import BACKEND_ENV, selected_backend  # noqa: E402
-from models.ops.kernels import cpu_kernel, cuda_kernel  # noqa: E402
+from models.ops.kernels import cpu_kernel, cuda_kernel, triton_module, triton_works_on  # noqa: E402
 
 LEVELS = [(45, 80), (23, 40), (12, 20), (6, 10)]
 FRAMES, HEADS, CHANNELS, POINTS = 5, 8, 32, 4
@@ -43,15 +43,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def make_inputs(device: torch.device):
+def make_inputs(device: torch.device, frames: int = FRAMES):
+    """The encoder's op inputs for ``frames`` frames: value, shapes, starts, locations, weights."""
     generator = torch.Generator().manual_seed(0)
     shapes = torch.tensor(LEVELS, dtype=torch.long)
     starts = torch.cat([shapes.new_zeros(1), (shapes[:, 0] * shapes[:, 1]).cumsum(0)[:-1]])
     keys = int((shapes[:, 0] * shapes[:, 1]).sum())
-    value = torch.randn(FRAMES, keys, HEADS, CHANNELS, generator=generator)
-    locations = torch.rand(FRAMES, keys, HEADS, len(LEVELS), POINTS, 2, generator=generator)
-    weights = torch.rand(FRAMES, keys, HEADS, len(LEVELS) * POINTS, generator=generator).softmax(-1)
-    weights = weights.view(FRAMES, keys, HEADS, len(LEVELS), POINTS)
+    value = torch.randn(frames, keys, HEADS, CHANNELS, generator=generator)
+    locations = torch.rand(frames, keys, HEADS, len(LEVELS), POINTS, 2, generator=generator)
+    weights = torch.rand(frames, keys, HEADS, len(LEVELS) * POINTS, generator=generator).softmax(-1)
+    weights = weights.view(frames, keys, HEADS, len(LEVELS), POINTS)
     return [t.to(device) for t in (value, shapes, starts, locations, weights)]
 
 
@@ -75,6 +76,8 @@ def implementations(device: torch.device) -> dict:
     compiled = cuda_kernel() if device.type == "cuda" else cpu_kernel()
     if compiled is not None:
         impls["cpp"] = with_backend("cpp")
+    if device.type == "cuda" and triton_module() is not None:
+        impls["triton"] = with_backend("triton")
     try:
         import torch_ms_deform_attn
     except ImportError:
@@ -87,10 +90,11 @@ def implementations(device: torch.device) -> dict:
 def default_backend_name(device: torch.device) -> str:
     """Which row ms_deform_attn's own dispatch amounts to."""
     backend = selected_backend()
-    compiled = cuda_kernel() if device.type == "cuda" else cpu_kernel()
-    if backend == "pytorch" or compiled is None:
-        return "pytorch"
-    return "cpp"
+    if backend in ("pytorch", "triton"):
+        return backend
+    if (cuda_kernel() if device.type == "cuda" else cpu_kernel()) is not None:
+        return "cpp"
+    return "triton" if device.type == "cuda" and triton_works_on(device) else "pytorch"
 
 
 def median_ms(fn, repeat: int, device: torch.device) -> float:

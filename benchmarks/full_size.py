@@ -31,12 +31,17 @@ CAPTIONS = ["a person in a red jacket riding a bike to the left", "the dog runni
 GB = 2 ** 30
 
 
-def tokenizers() -> tuple:
-    """(CLIP tokenizer, RoBERTa tokenizer) of the tiny offline set, built in a temporary folder."""
+def load_tokenizers(weights_dir: Path) -> tuple:
+    """(CLIP tokenizer, RoBERTa tokenizer) of a weights folder in the ``weight/`` layout."""
+    return (CLIPTokenizer.from_pretrained(Path(weights_dir) / "tokenizer", local_files_only=True),
+            AutoTokenizer.from_pretrained(Path(weights_dir) / "roberta", local_files_only=True))
+
+
+def tiny_tokenizers() -> tuple:
+    """The tokenizers of the tiny offline set, built in a temporary folder."""
     with tempfile.TemporaryDirectory() as tmp:
         build_tiny_weights(Path(tmp), seed=0)
-        return (CLIPTokenizer.from_pretrained(Path(tmp) / "tokenizer", local_files_only=True),
-                AutoTokenizer.from_pretrained(Path(tmp) / "roberta", local_files_only=True))
+        return load_tokenizers(Path(tmp))
 
 
 def model_config(dtype: str, lora_rank: int = 16, gradient_checkpointing: bool = False, config: Path = CONFIG) -> dict:
@@ -48,13 +53,15 @@ def model_config(dtype: str, lora_rank: int = 16, gradient_checkpointing: bool =
     return cfg
 
 
-def build_random_model(cfg: dict, device: torch.device, dtype: str, component_configs: dict | None = None):
+def build_random_model(cfg: dict, device: torch.device, dtype: str, component_configs: dict | None = None,
+                       tokenizers: tuple | None = None):
     """(model, criterion, components): ``cfg``'s HCD on random pretrained components, on ``device``.
 
     The pretrained components (``component_configs``, by default the full-size ones) are built one at a time
     directly on ``device`` in ``dtype``; the trainable parts (LoRA, projections, transformer, heads) in float32.
+    tokenizers: (CLIP, RoBERTa), by default :func:`tiny_tokenizers`.
     """
-    clip_tokenizer, roberta_tokenizer = tokenizers()
+    clip_tokenizer, roberta_tokenizer = tokenizers or tiny_tokenizers()
     torch.manual_seed(0)
     components = build_pretrained_from_configs(component_configs or read_component_configs(), device=device,
                                                dtype=DTYPES[dtype], clip_tokenizer=clip_tokenizer,

@@ -31,3 +31,13 @@ def tiny_weights(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("weights")
     build_tiny_weights(root, seed=0)
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: big single-sample models on a shared CPU, where a second OpenMP thread
+    spinning on a busy core costs several times what it brings."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
