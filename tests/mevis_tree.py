@@ -56,10 +56,10 @@ def write_predictions(pred_dir: Path, video: str, exp_id: str, masks: np.ndarray
         (folder / f"{name}.png").write_bytes(mask_png_bytes(mask))
 
 
-def blob_masks(rng: np.random.Generator, num_frames: int, height: int, width: int, coverage: float,
-               empty_frames: int = 0) -> np.ndarray:
-    """bool ``[T, H, W]``: an irregular blob (several parts, holes, ragged edges) drifting across the frames,
-    ``coverage`` the fraction of the frame it covers; ``empty_frames`` random frames are left empty."""
+def scattered_masks(rng: np.random.Generator, num_frames: int, height: int, width: int, coverage: float,
+                    empty_frames: int = 0) -> np.ndarray:
+    """bool ``[T, H, W]``: thresholded smooth noise drifting across the frames, many parts with holes and ragged
+    edges spread over the whole frame, ``coverage`` the fraction covered; ``empty_frames`` random frames empty."""
     coarse = rng.random((height // 6 + 2, width // 6 + 2)).astype(np.float32)
     field = cv2.GaussianBlur(cv2.resize(coarse, (width + num_frames * 3, height), interpolation=cv2.INTER_CUBIC),
                              (0, 0), 1.5)
@@ -69,9 +69,34 @@ def blob_masks(rng: np.random.Generator, num_frames: int, height: int, width: in
     return masks
 
 
+def object_masks(rng: np.random.Generator, num_frames: int, height: int, width: int, coverage: float,
+                 empty_frames: int = 0) -> np.ndarray:
+    """bool ``[T, H, W]``: one object as a video shows it, an irregular blob (ragged edge, sometimes a hole or a
+    detached bit) of about ``coverage`` of the frame, moving in a straight line and possibly leaving the frame;
+    ``empty_frames`` random frames are left empty as well."""
+    radius = max(2.0, float(np.sqrt(coverage * height * width / np.pi)))
+    side = int(3 * radius) | 1
+    coarse = rng.random((side // 4 + 2, side // 4 + 2)).astype(np.float32)
+    noise = cv2.GaussianBlur(cv2.resize(coarse, (side, side), interpolation=cv2.INTER_CUBIC), (0, 0), 1.0)
+    offsets = np.arange(side) - side // 2
+    distance = np.hypot(offsets[:, None], offsets[None, :]) / radius
+    blob = (noise - 0.5) * 1.2 + 1 - distance ** 2 > 0  # [side, side]
+    start = rng.uniform([0, 0], [height, width])
+    velocity = rng.uniform(-0.02, 0.02, size=2) * np.array([height, width])
+    masks = np.zeros((num_frames, height, width), bool)
+    padded = np.zeros((num_frames, height + 2 * side, width + 2 * side), bool)
+    for t in range(num_frames):
+        y, x = (start + velocity * t).astype(int) + side - side // 2
+        if 0 <= y <= height + side and 0 <= x <= width + side:
+            padded[t, y:y + side, x:x + side] |= blob
+    masks[:] = padded[:, side:side + height, side:side + width]
+    masks[rng.choice(num_frames, size=empty_frames, replace=False)] = False
+    return masks
+
+
 def perturbed(rng: np.random.Generator, masks: np.ndarray) -> np.ndarray:
-    """A plausible prediction of bool ``[T, H, W]`` masks: per frame dilated, eroded, shifted, speckled, emptied
-    or given a spurious blob."""
+    """A plausible prediction of bool ``[T, H, W]`` masks: per frame dilated, eroded, shifted, speckled near the
+    object, emptied, or with a spurious object added."""
     out = []
     kernel = np.ones((3, 3), np.uint8)
     for mask in masks.astype(np.uint8):
@@ -83,10 +108,11 @@ def perturbed(rng: np.random.Generator, masks: np.ndarray) -> np.ndarray:
         elif choice == 2:
             mask = np.roll(mask, tuple(rng.integers(-4, 5, size=2)), axis=(0, 1))
         elif choice == 3:
-            mask = mask ^ (rng.random(mask.shape) < 0.02)
+            near = cv2.dilate(mask, kernel, iterations=5).astype(bool)
+            mask = mask ^ (near & (rng.random(mask.shape) < 0.05))
         elif choice == 4:
             mask = np.zeros_like(mask)
         else:
-            mask = mask | blob_masks(rng, 1, *mask.shape, 0.05)[0]
+            mask = mask | object_masks(rng, 1, *mask.shape, 0.01)[0]
         out.append(mask.astype(bool))
     return np.stack(out)

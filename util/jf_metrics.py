@@ -78,9 +78,14 @@ def jaccard(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None) ->
     """``[T, H, W]`` bool prediction, ground truth and optional void -> ``[T]`` float64 IoU (empty union -> 1)."""
     _check_shapes(pred, gt, void)
     pred, gt = pred.astype(bool, copy=False), gt.astype(bool, copy=False)
-    keep = True if void is None else ~void.astype(bool, copy=False)
-    inter = np.count_nonzero(pred & gt & keep, axis=(-2, -1))
-    union = np.count_nonzero((pred | gt) & keep, axis=(-2, -1))
+    if void is not None:
+        keep = ~void.astype(bool, copy=False)
+        pred, gt = pred & keep, gt & keep
+    # One frame at a time: a whole-array count_nonzero is several times faster than one along axes.
+    pred_rows, gt_rows = pred.reshape(-1, *pred.shape[-2:]), gt.reshape(-1, *gt.shape[-2:])
+    inter = np.array([np.count_nonzero(p & g) for p, g in zip(pred_rows, gt_rows)], dtype=np.int64)
+    areas = np.array([np.count_nonzero(p) + np.count_nonzero(g) for p, g in zip(pred_rows, gt_rows)], dtype=np.int64)
+    inter, union = inter.reshape(pred.shape[:-2]), (areas - inter).reshape(pred.shape[:-2])
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = inter / union
     return np.where(union == 0, 1.0, iou)

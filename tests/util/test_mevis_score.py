@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tests.mevis_reference_loop import evaluate_mevis_loop
-from tests.mevis_tree import blob_masks, perturbed, write_predictions, write_split
+from tests.mevis_tree import object_masks, perturbed, scattered_masks, write_predictions, write_split
 from util.mevis_score import score_mevis
 
 H, W = 40, 60  # tolerance ceil(0.008 * 72.1) = 1 px
@@ -88,15 +88,16 @@ def test_bad_predictions_are_named(hand_tree, tmp_path):
 
 
 def test_equals_a_loop_of_the_official_algorithm_on_irregular_masks(tmp_path):
-    """Blobs with holes and ragged edges at three frame sizes (tolerances 1, 2 and 4 px), empty frames, objects
-    touching the border, expressions of one to three objects, perturbed predictions and one missing video."""
+    """Irregular objects that move and leave the frame, and noise blobs with many parts and holes over the whole
+    frame, at three frame sizes (tolerances 1, 2 and 4 px), with empty frames, expressions of one to three objects,
+    perturbed predictions and one missing video."""
     rng = np.random.default_rng(0)
     videos, predictions = {}, {}
     anno_id = 0
     for index, (height, width) in enumerate([(37, 53), (120, 200), (240, 427)]):
         objects = {}
-        for coverage in (0.03, 0.15, 0.3):
-            objects[anno_id] = blob_masks(rng, 6, height, width, coverage, empty_frames=int(rng.integers(0, 3)))
+        for make, coverage in ((object_masks, 0.02), (object_masks, 0.1), (scattered_masks, 0.3)):
+            objects[anno_id] = make(rng, 6, height, width, coverage, empty_frames=int(rng.integers(0, 3)))
             anno_id += 1
         ids = list(objects)
         expressions = {"0": ("one", ids[:1]), "1": ("two", ids[1:]), "2": ("all", ids), "3": ("again one", ids[2:])}
@@ -104,7 +105,7 @@ def test_equals_a_loop_of_the_official_algorithm_on_irregular_masks(tmp_path):
         for exp_id, (_, anno_ids) in expressions.items():
             union = np.logical_or.reduce([objects[a] for a in anno_ids])
             predictions[(f"video{index}", exp_id)] = perturbed(rng, union)
-    videos["unpredicted"] = {"objects": {99: blob_masks(rng, 6, 37, 53, 0.1)}, "expressions": {"0": ("x", [99])}}
+    videos["unpredicted"] = {"objects": {99: object_masks(rng, 6, 37, 53, 0.1)}, "expressions": {"0": ("x", [99])}}
     root = write_split(tmp_path / "gt", "valid_u", videos, frames=False)
     pred = tmp_path / "pred"
     for (video, exp_id), masks in predictions.items():
