@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score the prediction folders --pred_dir against --gt_root's --split (valid_u: it has "
                              "mask_dict.json) as MeViS's tools/eval_mevis.py does; prints a table and, as the last "
                              "line, a JSON object {J, F, JF, expressions, version, per_expression}")
+    parser.add_argument("--pred_dir", help="--score: folder holding <video>/<exp_id>/<frame>.png")
+    parser.add_argument("--gt_root", help="--score: MeViS root with <split>/meta_expressions.json and "
+                                          "<split>/mask_dict.json")
     add_model_arguments(parser)
     parser.add_argument("--data_root", help="MeViS root holding <split>/JPEGImages and <split>/meta_expressions.json "
                                             "(default: the config's `data_root`)")
@@ -106,26 +109,31 @@ def build_parser() -> argparse.ArgumentParser:
                                              "submission.zip are written")
     parser.add_argument("--clip_len", type=int,
                         help="frames per forward pass (default: the config's inference.clip_len)")
-    parser.add_argument("--pred_dir", help="--score: folder holding <video>/<exp_id>/<frame>.png")
-    parser.add_argument("--gt_root", help="--score: MeViS root with <split>/meta_expressions.json and "
-                                          "<split>/mask_dict.json")
     return parser
+
+
+def argument_problem(args: argparse.Namespace) -> str | None:
+    """What is missing or wrong in the parsed flags of either mode, or None."""
+    if args.score:
+        if not (args.pred_dir and args.gt_root):
+            return "--score needs --pred_dir and --gt_root"
+        if args.split != "valid_u":
+            return "--score needs a split with ground truth: --split valid_u (valid is scored by the server)"
+        return None
+    if not (args.checkpoint and args.output_dir):
+        return "inference needs --checkpoint and --output_dir (or use --score)"
+    if args.clip_len is not None and args.clip_len < 1:
+        return f"--clip_len must be >= 1, got {args.clip_len}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.score:
-        if not (args.pred_dir and args.gt_root):
-            parser.error("--score needs --pred_dir and --gt_root")
-        if args.split != "valid_u":
-            parser.error("--score needs a split with ground truth: --split valid_u (valid is scored by the server)")
-        return run_score(args)
-    if not (args.checkpoint and args.output_dir):
-        parser.error("inference needs --checkpoint and --output_dir (or use --score)")
-    if args.clip_len is not None and args.clip_len < 1:
-        parser.error(f"--clip_len must be >= 1, got {args.clip_len}")
-    return run_inference(args)
+    problem = argument_problem(args)
+    if problem:
+        parser.error(problem)
+    return run_score(args) if args.score else run_inference(args)
 
 
 if __name__ == "__main__":

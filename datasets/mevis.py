@@ -13,17 +13,13 @@ mask per frame, with the box of the union and ``valid`` 0 on frames where none o
 ``mask_dict.json`` (the benchmark's server scores it), and its json needs only ``exp`` and ``frames``. The frames
 of a video are its json ``frames`` in order; entry ``i`` of an anno id in ``mask_dict.json`` is frame ``i``.
 """
-import random
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from datasets.errors import DatasetFormatError
 from datasets.mevis_masks import MaskStore, load_mask_store
-from datasets.ytvos import (YTVOSClips, exp_id_order, first_frame_sizes, frame_size, load_frames, make_target,
-                            read_checked_videos)
+from datasets.ytvos import YTVOSClips, YTVOSVideos, first_frame_sizes, read_checked_videos
 
 SPLITS = ("train", "valid_u", "valid")
 SPLITS_WITH_MASKS = ("train", "valid_u")
@@ -113,34 +109,20 @@ class MeViSClips(YTVOSClips):
         return np.flatnonzero(self.masks.visible(video, self.annos[video][exp_id])).tolist()
 
 
-class MeViSVideos(Dataset):
+class MeViSVideos(YTVOSVideos):
     """Whole videos of ``valid_u`` (or ``train``) with the union masks, or of ``valid`` without masks: one item
     ``(frames [T, 3, H, W], target)`` per expression, all frames of the json in order, test transform."""
 
-    def __init__(self, root: str | Path, split: str, transforms):
-        self.root, self.split, self.transforms = Path(root), split, transforms
-        self.videos = read_mevis_meta(root, split)
-        self.annos, self.masks = (load_split_masks(root, split, self.videos) if split in SPLITS_WITH_MASKS
+    def read_videos(self) -> dict:
+        """The split's videos; with ``mask_dict.json`` (not in ``valid``) read into ``self.masks`` and each
+        expression's anno ids into ``self.annos``, else both None."""
+        videos = read_mevis_meta(self.root, self.split)
+        self.annos, self.masks = (load_split_masks(self.root, self.split, videos) if self.split in SPLITS_WITH_MASKS
                                   else (None, None))
-        self.items = [
-            (video, exp_id)
-            for video, entry in sorted(self.videos.items())
-            for exp_id in sorted(entry["expressions"], key=exp_id_order)
-        ]
+        return videos
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        video, exp_id = self.items[index]
-        entry = self.videos[video]
-        expression = entry["expressions"][exp_id]
-        names = entry["frames"]
-        frames = load_frames(self.root, self.split, video, names)
-        size = frame_size(frames, video, names)
-        masks = None
-        if self.masks is not None:
-            masks = self.masks.union(video, exp_id, self.annos[video][exp_id], range(len(names)), size)
-        target = make_target(masks, expression["exp"], size,
-                             frames=list(names), video=video, exp_id=exp_id, kind=expression.get("kind", ""))
-        return self.transforms(frames, target, random.Random(index))
+    def video_masks(self, video: str, exp_id: str, size: tuple[int, int]) -> np.ndarray | None:
+        if self.masks is None:
+            return None
+        frames = range(len(self.videos[video]["frames"]))
+        return self.masks.union(video, exp_id, self.annos[video][exp_id], frames, size)

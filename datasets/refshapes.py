@@ -108,16 +108,12 @@ RELATION_PHRASES = {
     "above": ("the {d} above the {r}",),
     "below": ("the {d} below the {r}", "the {d} under the {r}"),
 }
-# Several objects: "{d}" is the plural description ("red circles"), "{n}" their number in words.
+# Several objects: "{d}" is the plural description ("red circles"), "{n}" their number in words; the motion
+# phrases are the single-object ones with a plural verb.
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
 GROUP_PHRASES = ("the {d}", "all the {d}", "the {n} {d}")
-GROUP_MOTION_PHRASES = {
-    "up": ("the {d} moving up", "the {d} going up", "the {d} that move upwards"),
-    "down": ("the {d} moving down", "the {d} going down", "the {d} that move downwards"),
-    "left": ("the {d} moving left", "the {d} going to the left", "the {d} that move left"),
-    "right": ("the {d} moving right", "the {d} going to the right", "the {d} that move right"),
-    "still": ("the {d} staying still", "the {d} that do not move", "the {d} standing still"),
-}
+GROUP_MOTION_PHRASES = {motion: tuple(p.replace("moves", "move").replace("does not", "do not") for p in phrases)
+                        for motion, phrases in MOTION_PHRASES.items()}
 POSITION_AXES = {"left": (0, -1), "right": (0, 1), "top": (1, -1), "bottom": (1, 1)}  # (axis, sign), y down
 RELATION_AXES = {"left": (0, -1), "right": (0, 1), "above": (1, -1), "below": (1, 1)}
 ATTRIBUTES = ("size", "colour", "shape")

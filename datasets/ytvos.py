@@ -301,18 +301,33 @@ class YTVOSVideos(Dataset):
     """Whole videos with ground truth, one item ``(frames [T, 3, H, W], target)`` per expression.
 
     For local evaluation on a split that has ``Annotations`` and ``obj_id`` (RefShapes valid, converted
-    Ref-DAVIS17). All frames of the json, in order, with the deterministic test transform.
+    Ref-DAVIS17). All frames of the json, in order, with the deterministic test transform. Another layout
+    (``datasets/mevis.py``) overrides ``read_videos`` and ``video_masks``.
     """
 
     def __init__(self, root: str | Path, split: str, transforms):
         self.root, self.split, self.transforms = Path(root), split, transforms
-        self.videos = read_meta_expressions(root, split)
-        require_ground_truth(self.root, split, self.videos)
+        self.videos = self.read_videos()
         self.items = [
             (video, exp_id)
             for video, entry in sorted(self.videos.items())
             for exp_id in sorted(entry["expressions"], key=exp_id_order)
         ]
+
+    def read_videos(self) -> dict:
+        """The split's ``{video: entry}`` (``read_meta_expressions``), checked to have ground truth."""
+        videos = read_meta_expressions(self.root, self.split)
+        require_ground_truth(self.root, self.split, videos)
+        return videos
+
+    def video_masks(self, video: str, exp_id: str, size: tuple[int, int]) -> np.ndarray | None:
+        """Bool masks ``[T, H, W]`` of the expression's target in every frame of the video (None: a split without
+        ground truth); an error when the target appears in none."""
+        obj_id = int(self.videos[video]["expressions"][exp_id]["obj_id"])
+        masks = load_object_masks(self.root, self.split, video, self.videos[video]["frames"], obj_id, size)
+        if not masks.any():
+            raise absent_object_error(self.root, self.split, video, obj_id)
+        return masks
 
     def __len__(self) -> int:
         return len(self.items)
@@ -324,11 +339,8 @@ class YTVOSVideos(Dataset):
         names = entry["frames"]
         frames = load_frames(self.root, self.split, video, names)
         size = frame_size(frames, video, names)
-        masks = load_object_masks(self.root, self.split, video, names, int(expression["obj_id"]), size)
-        if not masks.any():
-            raise absent_object_error(self.root, self.split, video, int(expression["obj_id"]))
         target = make_target(
-            masks, expression["exp"], size,
+            self.video_masks(video, exp_id, size), expression["exp"], size,
             frames=list(names), video=video, exp_id=exp_id, kind=expression.get("kind", ""),
         )
         return self.transforms(frames, target, random.Random(index))
