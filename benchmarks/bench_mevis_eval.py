@@ -1,10 +1,11 @@
 """Speed and agreement of the MeViS scorer (util/mevis_score.py) against a loop of the official eval_mevis.py.
 
 Builds a synthetic valid_u-like split on disk (irregular objects of 0.5-8 % of the frame moving across it and
-sometimes out of it, some frames empty, expressions of one to three objects, perturbed predictions as 0/255 PNGs), then scores it twice from the same files: with the
-official per-expression algorithm, one frame at a time and in one process (``tests/mevis_reference_loop.py``; the
-official script spreads the same work over 64 processes), and with ``util.mevis_score.score_mevis``. Both read
-the jsons and the PNGs. It checks that every per-expression J and F agrees and prints the speed ratio.
+sometimes out of it, some frames empty, expressions of one to three objects, perturbed predictions as 0/255 PNGs),
+then scores it twice from the same files: with the official per-expression algorithm, one frame at a time and in
+one process (``tests/mevis_reference_loop.py``; the official script spreads the same work over 64 processes), and
+with ``util.mevis_score.score_mevis``. Both read the jsons and the PNGs. It checks that every per-expression J and
+F agrees and prints the speed ratio.
 
 OpenCV runs single-threaded on both sides, and the ratio is taken on process CPU time, which a busy shared machine
 disturbs far less than wall time (both are printed).
