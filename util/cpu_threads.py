@@ -8,11 +8,13 @@ region, and the whole step crawls: on the 2-core development machine a tiny RefS
 fewer than the runnable competitors the slowdown is proportional again.
 
 :class:`ThreadGovernor` looks at the machine every few seconds and sets ``torch.set_num_threads`` to the cores
-that the other processes leave: the cores this process may run on (its affinity) minus the other runnable
-tasks (``/proc/loadavg``'s running count, less this process's own running threads), never more than the
-thread count the process started with (``OMP_NUM_THREADS`` or torch's default), never less than one.
-Counting runnable tasks rather than CPU time matters: a niced competitor gets little CPU time, yet its slices
-are enough to stall every parallel region.
+that the other processes leave: the cores this process may run on (its affinity) minus the other processes'
+runnable threads (state R in ``/proc/*/task/*/stat``), never more than the thread count the process started
+with (``OMP_NUM_THREADS`` or torch's default), never less than one. Counting runnable threads rather than CPU
+time matters: a competitor that gets little CPU time still stalls every parallel region with its slices. Only
+threads niced far above ours are left out, where nice means something: with autogroup scheduling on (the
+default of most desktop kernels), ``nice -n 19`` in another terminal does not lower that process's share, and
+the measured slowdown was the same as without it.
 """
 import os
 import time
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-SAMPLES = 5  # /proc reads per look; the running count is instantaneous, so average a few
+SAMPLES = 3  # looks at /proc per update; a thread's state is instantaneous, so average a few
 SAMPLE_GAP_S = 0.002
 
 
@@ -29,30 +31,48 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def running_tasks() -> int:
-    """Runnable tasks on the whole machine now (the fourth field of ``/proc/loadavg``, "running/total")."""
-    return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-
-
-def own_running_threads() -> int:
-    """Threads of this process that are runnable now (state R in ``/proc/self/task/*/stat``)."""
-    count = 0
-    for task in os.listdir("/proc/self/task"):
-        try:
-            stat = Path(f"/proc/self/task/{task}/stat").read_text()
-        except OSError:  # the thread ended between listdir and the read
+def task_states() -> list[tuple[int, str, int]]:
+    """``(pid, state, nice)`` of every thread on the machine (``/proc/<pid>/task/<tid>/stat``)."""
+    states = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
             continue
-        count += stat[stat.rindex(")") + 2] == "R"
-    return count
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:  # the process ended
+            continue
+        for task in tasks:
+            try:
+                stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()  # fields 3.. of proc(5): state is 3, nice is 19
+            states.append((int(pid), fields[0], int(fields[16])))
+    return states
+
+
+def nice_shields() -> bool:
+    """Whether a higher nice value lowers a task's share against ours: not under autogroup scheduling, where
+    each session is one group and nice only orders the tasks inside it (``sched_autogroup_enabled``)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "0"
+    except OSError:
+        return True
 
 
 def competing_tasks(samples: int = SAMPLES) -> float:
-    """Mean number of other processes' runnable tasks over ``samples`` quick looks."""
+    """Mean number of other processes' runnable threads over ``samples`` looks.
+
+    Threads niced 10 or more above this process get under a tenth of a core against it and do not count, unless
+    autogroup scheduling makes nice values meaningless between sessions.
+    """
+    own_pid, own_nice, shields = os.getpid(), os.nice(0), nice_shields()
     total = 0
     for index in range(samples):
         if index:
             time.sleep(SAMPLE_GAP_S)
-        total += max(0, running_tasks() - own_running_threads())
+        total += sum(1 for pid, state, nice in task_states()
+                     if pid != own_pid and state == "R" and not (shields and nice - own_nice >= 10))
     return total / samples
 
 
@@ -69,10 +89,10 @@ class ThreadGovernor:
     missing (not Linux).
     """
 
-    def __init__(self, interval_s: float = 2.0):
+    def __init__(self, interval_s: float = 5.0):
         self.interval_s = interval_s
         self.limit = torch.get_num_threads()
-        self.enabled = Path("/proc/loadavg").is_file() and Path("/proc/self/task").is_dir()
+        self.enabled = Path("/proc/self/task").is_dir()
         self._next_look = 0.0
 
     def update(self) -> int | None:

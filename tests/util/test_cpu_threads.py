@@ -1,3 +1,5 @@
+import os
+
 import torch
 
 from util import cpu_threads
@@ -12,14 +14,18 @@ def test_threads_for_leaves_a_core_per_competitor():
     assert threads_for(cores=16, competitors=0.0, limit=4) == 4  # never above what the process started with
 
 
-def test_competing_tasks_excludes_own_threads(monkeypatch):
-    monkeypatch.setattr(cpu_threads, "running_tasks", lambda: 5)
-    monkeypatch.setattr(cpu_threads, "own_running_threads", lambda: 2)
-    assert cpu_threads.competing_tasks(samples=3) == 3.0
+def test_competing_tasks_counts_other_runnable_threads(monkeypatch):
+    own = os.getpid()
+    states = [(own, "R", 0), (own, "R", 0), (1, "S", 0), (2, "R", 0), (3, "R", 0), (3, "R", 19)]
+    monkeypatch.setattr(cpu_threads, "task_states", lambda: states)
+    monkeypatch.setattr(cpu_threads, "nice_shields", lambda: True)
+    assert cpu_threads.competing_tasks(samples=2) == 2.0  # own and sleeping threads out; the nice-19 one shielded
+    monkeypatch.setattr(cpu_threads, "nice_shields", lambda: False)  # autogroup: nice does not protect us
+    assert cpu_threads.competing_tasks(samples=1) == 3.0
 
 
-def test_own_running_threads_sees_the_calling_thread():
-    assert cpu_threads.own_running_threads() >= 1  # the thread reading /proc is running
+def test_task_states_sees_this_thread_running():
+    assert (os.getpid(), "R", os.nice(0)) in cpu_threads.task_states()
 
 
 def test_governor_follows_competitors_and_restores(monkeypatch):
