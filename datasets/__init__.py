@@ -30,7 +30,7 @@ def build_dataset(name: str, split: str, cfg: dict) -> Dataset:
     converted Ref-DAVIS17; the split needs ground truth), the test windows for A2D and JHMDB, whole videos per
     expression for MeViS (``valid_u`` with the union masks, ``valid`` without). Reads
     ``cfg["data_root"]``, ``cfg["data"][num_frames, max_skip, reverse_prob, train_scales, max_size,
-    test_size]`` and ``cfg.get("seed", 0)``.
+    test_size]`` (Ref-YTVOS-layout training also ``sentences_per_clip``) and ``cfg.get("seed", 0)``.
     """
     if name not in NAMES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
@@ -57,7 +57,8 @@ def build_dataset(name: str, split: str, cfg: dict) -> Dataset:
             "set data.reverse_prob: 0 for refshapes"
         )
     return YTVOSClips(
-        root, "train", data["num_frames"], data["max_skip"], data["reverse_prob"], make_train_transforms(cfg), seed
+        root, "train", data["num_frames"], data["max_skip"], data["reverse_prob"], make_train_transforms(cfg), seed,
+        sentences_per_clip=data["sentences_per_clip"],
     )
 
 

@@ -215,6 +215,12 @@ class YTVOSClips(EpochSeeded, Dataset):
     with probability ``reverse_prob``. Item ``i`` of epoch ``e`` depends only on ``(seed, e, i)``. Another layout
     with the same sampling (``datasets/mevis.py``) overrides ``read_videos``, ``target_masks`` and
     ``visible_frames``.
+
+    With ``sentences_per_clip`` K > 1, an item is ``(frames, [target_1, ..., target_K])``: one item per
+    (video, anchor), and K expressions of the video (distinct while it has that many, else repeated) on the same
+    frames under the same augmentation, so that every step contrasts sentences that see the same pixels
+    (``util.nested_tensor.collate_clips`` lays them out as the model's K captions per clip). The clip's frames
+    are sampled for the first of them.
     """
 
     def __init__(
@@ -226,12 +232,14 @@ class YTVOSClips(EpochSeeded, Dataset):
         reverse_prob: float,
         transforms,
         seed: int = 0,
+        sentences_per_clip: int = 1,
     ):
-        if num_frames < 1 or max_skip < 1 or not 0.0 <= reverse_prob <= 1.0:
+        if num_frames < 1 or max_skip < 1 or not 0.0 <= reverse_prob <= 1.0 or sentences_per_clip < 1:
             raise ValueError(
-                f"need num_frames >= 1, max_skip >= 1 and 0 <= reverse_prob <= 1; got {num_frames}, {max_skip}, "
-                f"{reverse_prob}"
+                f"need num_frames >= 1, max_skip >= 1, 0 <= reverse_prob <= 1 and sentences_per_clip >= 1; got "
+                f"{num_frames}, {max_skip}, {reverse_prob}, {sentences_per_clip}"
             )
+        self.sentences_per_clip = sentences_per_clip
         self.root, self.split = Path(root), split
         self.num_frames, self.max_skip, self.reverse_prob = num_frames, max_skip, reverse_prob
         self.transforms, self.seed = transforms, seed
@@ -239,7 +247,7 @@ class YTVOSClips(EpochSeeded, Dataset):
         self.items = [
             (video, exp_id, anchor)
             for video, entry in sorted(self.videos.items())
-            for exp_id in sorted(entry["expressions"], key=exp_id_order)
+            for exp_id in (sorted(entry["expressions"], key=exp_id_order) if sentences_per_clip == 1 else [None])
             for anchor in range(0, len(entry["frames"]), num_frames)
         ]
 
@@ -268,11 +276,22 @@ class YTVOSClips(EpochSeeded, Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict | list[dict]]:
         rng = self.rng_for(index)
         video, exp_id, anchor = self.items[index]
+        if exp_id is not None:
+            frames, targets = self._clip(video, [exp_id], anchor, rng)
+            return frames, targets[0]
+        exp_ids = sorted(self.videos[video]["expressions"], key=exp_id_order)
+        chosen = rng.sample(exp_ids, min(self.sentences_per_clip, len(exp_ids)))
+        chosen += rng.choices(exp_ids, k=self.sentences_per_clip - len(chosen))
+        return self._clip(video, chosen, anchor, rng)
+
+    def _clip(self, video: str, exp_ids: list[str], anchor: int,
+              rng: random.Random) -> tuple[torch.Tensor, list[dict]]:
+        """The clip around ``anchor`` sampled for ``exp_ids[0]`` and the target of every expression on it."""
         entry = self.videos[video]
-        expression = entry["expressions"][exp_id]
+        exp_id = exp_ids[0]
         all_names = entry["frames"]
         indices = sample_clip_indices(len(all_names), anchor, self.num_frames, self.max_skip, rng)
         names = [all_names[i] for i in indices]
@@ -288,13 +307,23 @@ class YTVOSClips(EpochSeeded, Dataset):
                 names = [all_names[i] for i in indices]
                 frames = load_frames(self.root, self.split, video, names)
                 masks = self.target_masks(video, exp_id, indices, size)
-        if rng.random() < self.reverse_prob:
-            frames, masks, names = frames[::-1], masks[::-1].copy(), names[::-1]
-        target = make_target(
-            masks, expression["exp"], size,
-            frames=names, video=video, exp_id=exp_id, kind=expression.get("kind", ""),
-        )
-        return self.transforms(frames, target, rng)
+        reverse = rng.random() < self.reverse_prob
+        if reverse:
+            frames, names = frames[::-1], names[::-1]
+        state = rng.getstate()
+        clip, targets = None, []
+        for other in exp_ids:
+            other_masks = masks if other == exp_id else self.target_masks(video, other, indices, size)
+            expression = entry["expressions"][other]
+            target = make_target(
+                other_masks[::-1].copy() if reverse else other_masks, expression["exp"], size,
+                frames=names, video=video, exp_id=other, kind=expression.get("kind", ""),
+            )
+            rng.setstate(state)  # the same augmentation of the same frames for every expression
+            transformed, target = self.transforms(frames, target, rng)
+            clip = transformed if clip is None else clip
+            targets.append(target)
+        return clip, targets
 
 
 class YTVOSVideos(Dataset):

@@ -4,6 +4,7 @@ from models.criterion import build_criterion
 from models.deformable_transformer import build_deformable_transformer
 from models.hcd import HCD
 from models.mask_head import HybridMaskHead
+from models.pixel_referring import PixelReferringHead
 from models.pretrained import PretrainedComponents, load_pretrained
 from models.tcmr import MaskRefiner
 from models.text_encoder import build_text_modules
@@ -41,5 +42,6 @@ def build_model(cfg: dict, components: PretrainedComponents | None = None):
         aux_loss=options["aux_loss"],
         matcher=criterion.matcher,
         vl_fusion=vl_fusion,
+        pixel_referring=PixelReferringHead(options["hidden_dim"]) if options["pixel_referring"] else None,
     )
     return model, criterion

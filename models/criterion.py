@@ -39,6 +39,10 @@ class SetCriterion(nn.Module):
 
     The losses of ``outputs["aux_outputs"][i]`` (earlier decoder layers, each with its own selected slot and
     refined mask) get the suffix ``_i``.
+
+    With ``outputs["pred_referring"]`` (``model.pixel_referring``), two more, of the text-to-pixel logits against
+    the ground truth area-averaged to their stride-8 grid: loss_pixel_referring (binary cross-entropy, mean over a
+    clip's pixels) and loss_pixel_referring_dice, summed over clips and divided by ``num_boxes`` like the rest.
     """
 
     def __init__(self, matcher: SingleTargetMatcher, weight_dict: dict[str, float], focal_alpha: float = 0.25,
@@ -60,6 +64,8 @@ class SetCriterion(nn.Module):
         """
         num_boxes = count_valid_frames(targets, outputs["pred_logits"].device)
         losses = self.layer_losses(outputs, targets, num_boxes)
+        if "pred_referring" in outputs:
+            losses.update(self.pixel_referring_losses(outputs["pred_referring"], targets, num_boxes))
         for i, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
             aux_losses = self.layer_losses(aux_outputs, targets, num_boxes)
             losses.update({f"{name}_{i}": value for name, value in aux_losses.items()})
@@ -94,6 +100,16 @@ class SetCriterion(nn.Module):
                   "loss_dice": loss_dice, "loss_mask_low": loss_mask_low, "loss_dice_low": loss_dice_low}
         return {name: value / num_boxes for name, value in losses.items()}
 
+    def pixel_referring_losses(self, logits: torch.Tensor, targets: list[dict],
+                               num_boxes: float) -> dict[str, torch.Tensor]:
+        """BCE and dice of text-to-pixel logits [B, T, h, w] against the area-averaged padded ground truth."""
+        target_masks = torch.stack([target["masks"] for target in targets]).float().to(logits.device)
+        soft = F.adaptive_avg_pool2d(target_masks, logits.shape[-2:])  # [B, T, h, w], fraction covered
+        logits, soft = logits.float().flatten(1), soft.flatten(1)
+        bce = F.binary_cross_entropy_with_logits(logits, soft, reduction="none").mean(1).sum()
+        return {"loss_pixel_referring": bce / num_boxes,
+                "loss_pixel_referring_dice": dice_loss(logits, soft).sum() / num_boxes}
+
     def mask_losses(self, pred: torch.Tensor, target: torch.Tensor,
                     name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Focal (mean over a clip's pixels) and dice, each summed over clips: pred/target [B, T, h, w]."""
@@ -115,11 +131,16 @@ def count_valid_frames(targets: list[dict], device: torch.device) -> float:
     return count.clamp(min=1).item()
 
 
-def build_weight_dict(loss_cfg: dict, num_aux_layers: int) -> dict[str, float]:
-    """Weight of every loss name, the final layer's and those of ``num_aux_layers`` earlier layers."""
+def build_weight_dict(loss_cfg: dict, num_aux_layers: int, pixel_referring: bool = False) -> dict[str, float]:
+    """Weight of every loss name, the final layer's and those of ``num_aux_layers`` earlier layers; with
+    ``pixel_referring``, also of the text-to-pixel losses (``loss.pixel_referring`` and
+    ``loss.pixel_referring_dice``)."""
     weights = {name: float(loss_cfg[key]) for name, key in LOSS_WEIGHT_KEYS.items()}
     for i in range(num_aux_layers):
         weights.update({f"{name}_{i}": float(loss_cfg[key]) for name, key in LOSS_WEIGHT_KEYS.items()})
+    if pixel_referring:
+        weights["loss_pixel_referring"] = float(loss_cfg["pixel_referring"])
+        weights["loss_pixel_referring_dice"] = float(loss_cfg["pixel_referring_dice"])
     return weights
 
 
@@ -127,6 +148,7 @@ def build_criterion(cfg: dict) -> SetCriterion:
     """The criterion of a resolved config (``cfg["loss"]``, ``cfg["model"]`` dec_layers/aux_loss) with its matcher."""
     loss_cfg = cfg["loss"]
     num_aux_layers = cfg["model"]["dec_layers"] - 1 if cfg["model"]["aux_loss"] else 0
-    return SetCriterion(build_matcher(cfg), build_weight_dict(loss_cfg, num_aux_layers),
+    weight_dict = build_weight_dict(loss_cfg, num_aux_layers, cfg["model"]["pixel_referring"])
+    return SetCriterion(build_matcher(cfg), weight_dict,
                         focal_alpha=loss_cfg["focal_alpha"], focal_gamma=loss_cfg.get("focal_gamma", 2.0),
                         box_loss_on_invalid_frames=loss_cfg.get("boxes_on_invalid_frames", False))

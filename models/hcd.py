@@ -43,6 +43,7 @@ class HCD(nn.Module):
         aux_loss: bool,
         matcher: nn.Module | None = None,
         vl_fusion: nn.Module | None = None,
+        pixel_referring: nn.Module | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -53,6 +54,7 @@ class HCD(nn.Module):
         self.mask_refiner = mask_refiner
         self.matcher = matcher
         self.vl_fusion = vl_fusion
+        self.pixel_referring = pixel_referring
         self.aux_loss = aux_loss
         hidden_dim = transformer.d_model
         backbone_channels = list(backbone.num_channels)
@@ -84,7 +86,10 @@ class HCD(nn.Module):
             nn.init.constant_(class_embed.bias, prior_bias)
             nn.init.zeros_(bbox_embed.layers[-1].weight)
             nn.init.zeros_(bbox_embed.layers[-1].bias)
-            nn.init.constant_(bbox_embed.layers[-1].bias[2:], -2.0)
+        # Only the first layer predicts a box from the bare reference point: its size starts at sigmoid(-2) of the
+        # image. Later layers refine the previous box in logit space, so their zero delta keeps its size (with -2
+        # on every layer, the initial boxes of layers 2 and 3 of the paper's 4 shrink to 0.018 and 0.0025).
+        nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
         transformer.decoder.bbox_embed = self.bbox_embed
 
     def forward(
@@ -110,6 +115,7 @@ class HCD(nn.Module):
                 ``refine_all_queries``).
             selected_query: [B] the refined slot.
             aux_outputs: the same dicts for the earlier decoder layers (training with aux_loss only).
+            pred_referring: [B, T, H/8, W/8] text-to-pixel logits (only with ``model.pixel_referring``).
         """
         num_frames = samples.tensors.shape[1]
         batch = len(captions)  # clips x captions per clip: the backbone shares each clip's frames between them
@@ -137,6 +143,8 @@ class HCD(nn.Module):
             layer["pred_masks"] = self._refine(layer.pop("mask_features"), slots, features, batch)
             layer["selected_query"] = slots
         outputs = layers[-1]
+        if self.pixel_referring is not None:
+            outputs["pred_referring"] = self.pixel_referring(memory[0], words, word_padding)
         if targets is not None and self.aux_loss:
             outputs["aux_outputs"] = layers[:-1]
         return outputs
@@ -161,7 +169,11 @@ class HCD(nn.Module):
         return srcs, masks, positions
 
     def _fuse_text(self, srcs, masks, positions, words, word_padding, num_frames):
-        """ReferFormer-style fusion of the words into every visual level (``model.vl_fusion``)."""
+        """Fusion of the words into every visual level (``model.vl_fusion``), added to the level as a residual.
+
+        ReferFormer replaces each level by the gated product; the residual keeps the visual features whatever the
+        fusion starts as, so the text adds to them instead of scrambling them at initialisation.
+        """
         words = repeat(words, "b l c -> (b t) l c", t=num_frames)
         word_padding = repeat(word_padding, "b l -> (b t) l", t=num_frames)
         fused = []
@@ -170,7 +182,7 @@ class HCD(nn.Module):
             tokens = self.vl_fusion(
                 rearrange(src, "n c h w -> n (h w) c"), rearrange(position, "n c h w -> n (h w) c"), words, word_padding
             )
-            fused.append(rearrange(tokens, "n (h w) c -> n c h w", h=height, w=width))
+            fused.append(src + rearrange(tokens, "n (h w) c -> n c h w", h=height, w=width))
         return fused
 
     def _layer_output(

@@ -134,6 +134,12 @@ def roberta_corpus() -> list[str]:
             sentences.append(f"the {shape} {relation} the {COLOURS[len(shape) % len(COLOURS)]} object")
     sentences += [f"the leftmost {shape}, the rightmost {shape}, the highest {shape} and the lowest {shape}"
                   for shape in SHAPES]
+    # Every word of RefShapes' sentences (datasets/refshapes.py), several times, so that each is one token.
+    for noun in ("shape", "object"):
+        for size in ("small", "little", "big", "large"):
+            sentences += [f"the {size} {noun} furthest to the left", f"the topmost {size} {noun}",
+                          f"the bottommost {size} {noun} at the bottom", f"the {size} {noun} at the top",
+                          f"the {size} {noun} to the right of the {noun} under the {noun}"]
     return sentences
 
 

@@ -64,6 +64,10 @@ def collate_clips(
 ) -> tuple[NestedTensor, list[str], list[dict]]:
     """Collate ``(frames [T, 3, H, W], target)`` samples into ``(NestedTensor, captions, targets)``.
 
+    A sample may carry a list of K targets (K sentences of one clip, the same K in every sample): captions and
+    targets are then grouped by clip (``captions[b * K + k]``), the layout in which the model shares a clip's
+    visual work between its sentences.
+
     Each target's ``"masks"`` ``[T, H, W]`` is zero-padded to ``[T, Hp, Wp]`` like the frames, so the
     criterion can compare masks at the full padded resolution; the other entries are kept as they are
     (``"boxes"`` stay normalised by the unpadded ``"size"``). Use ``functools.partial(collate_clips,
@@ -72,8 +76,12 @@ def collate_clips(
     videos = [frames for frames, _ in batch]
     samples = nested_tensor_from_videos(videos, size_divisibility)
     height, width = samples.tensors.shape[-2:]
+    per_clip = {len(target) if isinstance(target, list) else 1 for _, target in batch}
+    if len(per_clip) != 1:
+        raise ValueError(f"every sample of a batch needs the same number of targets, got {sorted(per_clip)}")
+    flat = [t for _, target in batch for t in (target if isinstance(target, list) else [target])]
     targets = []
-    for _, target in batch:
+    for target in flat:
         target = dict(target)
         if "masks" in target:
             masks = target["masks"]

@@ -315,3 +315,40 @@ def test_split_without_ground_truth_is_refused(mini_ytvos):
     (mini_ytvos / "train" / "JPEGImages" / "vid_a").rename(mini_ytvos / "test" / "JPEGImages" / "vid_a")
     with pytest.raises(FileNotFoundError, match="inference_ytvos.py"):
         YTVOSVideos(mini_ytvos, "test", PLAIN)
+
+
+def test_sentences_per_clip_share_frames_and_augmentation(mini_ytvos):
+    dataset = YTVOSClips(mini_ytvos, "train", 3, max_skip=2, reverse_prob=0.5, transforms=make_train_transforms(
+        {"data": {"train_scales": [24], "max_size": 32}}), seed=3, sentences_per_clip=2)
+    assert dataset.items == [("vid_a", None, 0), ("vid_a", None, 3), ("vid_b", None, 0)]
+    for index in range(len(dataset)):
+        frames, targets = dataset[index]
+        assert len(targets) == 2
+        for target in targets:
+            assert target["frames"] == targets[0]["frames"]  # one clip ...
+            assert target["masks"].shape[-2:] == frames.shape[-2:]  # ... and one resize / crop for all
+        if targets[0]["video"] == "vid_a":
+            # Both expressions of vid_a, distinct: object 1 and object 2, each its own mask on the same pixels.
+            assert sorted(t["exp_id"] for t in targets) == ["0", "1"]
+            assert not torch.equal(targets[0]["masks"], targets[1]["masks"])
+        else:  # vid_b has one expression: repeated
+            assert [t["exp_id"] for t in targets] == ["0", "0"]
+            assert torch.equal(targets[0]["masks"], targets[1]["masks"])
+    samples, captions, batch_targets = collate_clips([dataset[0], dataset[2]], size_divisibility=32)
+    assert samples.tensors.shape[0] == 2 and len(captions) == 4 == len(batch_targets)
+    assert [t["video"] for t in batch_targets] == ["vid_a", "vid_a", "vid_b", "vid_b"]  # grouped by clip
+
+
+def test_one_sentence_per_clip_is_the_plain_item(mini_ytvos):
+    plain, single = clips(mini_ytvos), YTVOSClips(mini_ytvos, "train", 3, max_skip=2, reverse_prob=0.0,
+                                                  transforms=PLAIN, seed=0, sentences_per_clip=1)
+    frames_a, target_a = plain[1]
+    frames_b, target_b = single[1]
+    assert torch.equal(frames_a, frames_b) and torch.equal(target_a["masks"], target_b["masks"])
+
+
+def test_collate_refuses_mixed_sentence_counts(mini_ytvos):
+    dataset = clips(mini_ytvos)
+    frames, target = dataset[0]
+    with pytest.raises(ValueError, match="same number of targets"):
+        collate_clips([(frames, target), (frames, [target, target])], size_divisibility=32)

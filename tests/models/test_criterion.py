@@ -9,7 +9,7 @@ from models.losses import dice_loss, sigmoid_focal_loss, subsample_stride2
 from models.matcher import SingleTargetMatcher
 
 CFG = {
-    "model": {"dec_layers": 3, "aux_loss": True},
+    "model": {"dec_layers": 3, "aux_loss": True, "pixel_referring": False},
     "matcher": {"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0, "cost_mask": 2.0, "cost_dice": 5.0},
     "loss": {"cls": 2.0, "bbox": 5.0, "giou": 2.0, "mask": 2.0, "dice": 5.0, "focal_alpha": 0.25},
 }
@@ -163,7 +163,7 @@ def test_aux_outputs_and_weight_dict_keys():
     assert crit.weight_dict["loss_mask_low_1"] == 2.0 and crit.weight_dict["loss_dice_0"] == 5.0
     assert crit.weight_dict["loss_ce"] == 2.0 and crit.weight_dict["loss_bbox"] == 5.0
     assert losses["loss_ce_1"].item() == pytest.approx(criterion()(aux[1], targets)["loss_ce"].item())
-    no_aux = build_criterion({**CFG, "model": {"dec_layers": 3, "aux_loss": False}})
+    no_aux = build_criterion({**CFG, "model": {"dec_layers": 3, "aux_loss": False, "pixel_referring": False}})
     assert len(no_aux.weight_dict) == 7
     assert isinstance(crit.matcher, SingleTargetMatcher)
 

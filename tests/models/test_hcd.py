@@ -131,3 +131,36 @@ def test_full_size_model_builds_on_meta_with_the_paper_sizes():
     assert counts["trainable"] == 33_134_294
     frozen = sum(counts[k] for k in ("unet", "vae", "clip_vision", "clip_text", "roberta"))
     assert counts["total"] == frozen + counts["trainable"]
+
+
+def test_only_the_first_decoder_layer_starts_boxes_small(tiny_weights):
+    cfg = tiny_config(tiny_weights)
+    torch.manual_seed(0)
+    model, _ = build_model(cfg)
+    biases = [embed.layers[-1].bias[2:].tolist() for embed in model.bbox_embed]
+    assert biases[0] == [-2.0, -2.0]
+    assert all(b == [0.0, 0.0] for b in biases[1:])  # later layers keep the size of the box they refine
+
+
+def test_pixel_referring_and_residual_fusion_outputs(tiny_weights):
+    cfg = tiny_config(tiny_weights)
+    cfg["model"].update(vl_fusion=True, pixel_referring=True)
+    torch.manual_seed(0)
+    model, criterion = build_model(cfg)
+    model.eval()
+    samples, captions, _ = random_batch()
+    with torch.no_grad():
+        outputs = model(samples, captions)
+        srcs, masks, positions = model._levels(model.backbone(samples, captions).features,
+                                               model.backbone(samples, captions).masks)
+        words, padding = model.text_encoder(captions, samples.tensors.device)
+        fused = model._fuse_text(srcs, masks, positions, words, padding, samples.tensors.shape[1])
+    assert outputs["pred_referring"].shape == (2, 3, 8, 12)  # stride 8 of 64 x 96
+    assert "loss_pixel_referring" in criterion.weight_dict
+    # Residual: zeroing the fusion's output projection gives back the visual levels unchanged.
+    with torch.no_grad():
+        model.vl_fusion.attention.out_proj.weight.zero_()
+        model.vl_fusion.attention.out_proj.bias.zero_()
+        unchanged = model._fuse_text(srcs, masks, positions, words, padding, samples.tensors.shape[1])
+    assert all(torch.equal(a, b) for a, b in zip(unchanged, srcs))
+    assert not all(torch.allclose(a, b) for a, b in zip(fused, srcs))
