@@ -2,7 +2,8 @@
 
 tiny offline weights -> RefShapes -> pretrain the tiny VAE on its frames -> train -> inference on RefShapes valid -> submission zip -> score ->
 random-object baseline -> a GIF of a few predictions with their sentences. It prints a short table and writes
-``<out>/metrics.json`` = {"J", "F", "JF", "by_kind": {kind: {"J", "F", "JF"}}, "baseline_JF", ...}.
+``<out>/metrics.json`` = {"J", "F", "JF", "by_kind": {kind: {"J", "F", "JF"}}, "baseline_JF", "baseline_by_kind",
+"train_seconds", "total_seconds", "stage_seconds": {stage: s}, "options_beyond_paper": {key: value}}.
 
 Every stage reuses what an earlier run left (weights, data, a finished training run), so running it again is
 cheap; an interrupted training run resumes from its last checkpoint.
@@ -20,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from datasets.ytvos import meta_expressions_path, read_meta_json  # noqa: E402
@@ -27,6 +29,29 @@ from util.submission import mask_png_bytes  # noqa: E402
 from util.visualisation import mask_color, overlay_frame  # noqa: E402
 
 GIF_SCALE = 2
+
+
+class StageClock:
+    """Wall seconds of each demo stage, in order: ``done(name)`` closes the stage that ran since the last call."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._last = time.time()
+
+    def done(self, name: str) -> None:
+        now = time.time()
+        self.seconds[name] = round(now - self._last, 1)
+        self._last = now
+
+
+def options_beyond_paper(config_path: Path) -> dict:
+    """The settings of the trained run that the paper's model does not have (docs/architecture.md)."""
+    cfg = yaml.safe_load(config_path.read_text())
+    return {key: value for key, value in {
+        "model.vl_fusion": cfg["model"]["vl_fusion"],
+        "model.pixel_referring": cfg["model"]["pixel_referring"],
+        "data.sentences_per_clip": cfg["data"]["sentences_per_clip"],
+    }.items() if value not in (False, 1)}
 
 
 def run(command: list[str]) -> str:
@@ -100,16 +125,20 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     python = sys.executable
     started = time.time()
+    stages = StageClock()
 
     if not (weights / "unet").is_dir():
         run([python, "scripts/make_tiny_weights.py", "--out", str(weights)])
+    stages.done("tiny_weights")
     if not (data_root / "meta_expressions").is_dir():
         run([python, "scripts/make_refshapes.py", "--out", str(data_root), "--videos", str(args.videos),
              "--valid-videos", str(args.valid_videos), "--seed", str(args.seed)])
+    stages.done("refshapes")
 
     # The tiny components are random; a real VAE is a trained autoencoder, and the features downstream need one.
     run([python, "scripts/pretrain_tiny_vae.py", "--weights", str(weights), "--data_root", str(data_root),
          "--steps", str(args.vae_steps), "--seed", str(args.seed)])
+    stages.done("vae_pretraining")
 
     train_dir = out / "train"
     train = [python, "main.py", "--max_steps", str(args.max_steps), "--device", args.device]
@@ -119,21 +148,26 @@ def main() -> None:
         run(train + ["--config", args.config, "--data_root", str(data_root), "--weights", str(weights),
                      "--output_dir", str(train_dir)])
     trained = time.time()
+    stages.done("training")
 
     predictions = out / "valid"
     shutil.rmtree(predictions, ignore_errors=True)
     run([python, "inference_ytvos.py", "--checkpoint", str(train_dir / "last.pth"), "--weights", str(weights),
          "--data_root", str(data_root), "--split", "valid", "--output_dir", str(predictions),
          "--device", args.device])
+    stages.done("inference")
     scores = last_json(run([python, "inference_ytvos.py", "--score", "--pred_dir", str(predictions),
                             "--gt_root", str(data_root), "--split", "valid"]))
+    stages.done("scoring")
 
     baseline_dir = out / "baseline_random_object"
     shutil.rmtree(baseline_dir, ignore_errors=True)
     write_random_object_baseline(data_root, "valid", baseline_dir, args.seed)
     baseline = last_json(run([python, "inference_ytvos.py", "--score", "--pred_dir", str(baseline_dir),
                               "--gt_root", str(data_root), "--split", "valid"]))
+    stages.done("baseline")
     write_gif(data_root, predictions, out / "predictions.gif", num_examples=4, seed=args.seed)
+    stages.done("gif")
 
     metrics = {
         "J": scores["J"],
@@ -144,6 +178,8 @@ def main() -> None:
         "baseline_by_kind": {k: v["JF"] for k, v in baseline["by_kind"].items()},
         "train_seconds": round(trained - started, 1),
         "total_seconds": round(time.time() - started, 1),
+        "stage_seconds": stages.seconds,
+        "options_beyond_paper": options_beyond_paper(train_dir / "config.yaml"),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"\n{'':<12}{'J':>7}{'F':>7}{'J&F':>7}{'random':>8}")
