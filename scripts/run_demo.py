@@ -29,6 +29,8 @@ from util.submission import mask_png_bytes  # noqa: E402
 from util.visualisation import mask_color, overlay_frame  # noqa: E402
 
 GIF_SCALE = 2
+# The paper's values of the settings that the demo may change (docs/architecture.md, "Beyond the paper").
+PAPER_SETTINGS = {"model.vl_fusion": False, "model.pixel_referring": False, "data.sentences_per_clip": 1}
 
 
 class StageClock:
@@ -47,11 +49,9 @@ class StageClock:
 def options_beyond_paper(config_path: Path) -> dict:
     """The settings of the trained run that the paper's model does not have (docs/architecture.md)."""
     cfg = yaml.safe_load(config_path.read_text())
-    return {key: value for key, value in {
-        "model.vl_fusion": cfg["model"]["vl_fusion"],
-        "model.pixel_referring": cfg["model"]["pixel_referring"],
-        "data.sentences_per_clip": cfg["data"]["sentences_per_clip"],
-    }.items() if value not in (False, 1)}
+    used = {"model.vl_fusion": cfg["model"]["vl_fusion"], "model.pixel_referring": cfg["model"]["pixel_referring"],
+            "data.sentences_per_clip": cfg["data"]["sentences_per_clip"]}
+    return {key: value for key, value in used.items() if value != PAPER_SETTINGS[key]}
 
 
 def run(command: list[str]) -> str:
