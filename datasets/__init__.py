@@ -67,7 +67,7 @@ def build_mevis(split: str, cfg: dict) -> Dataset:
     root, data = cfg["data_root"], cfg["data"]
     if split == "train":
         return MeViSClips(root, "train", data["num_frames"], data["max_skip"], data["reverse_prob"],
-                          make_train_transforms(cfg), cfg.get("seed", 0))
+                          make_train_transforms(cfg), cfg.get("seed", 0), sentences_per_clip=data["sentences_per_clip"])
     if split in MEVIS_SPLITS:
         return MeViSVideos(root, split, make_test_transforms(data["test_size"], data["max_size"]))
     raise ValueError(f"unknown MeViS split {split!r}; choose one of {', '.join(MEVIS_SPLITS)} (valid_u has ground "

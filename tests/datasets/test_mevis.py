@@ -112,6 +112,9 @@ def test_build_dataset_reads_the_splits(mevis_root):
     assert isinstance(train, MeViSClips) and train.num_frames == cfg["data"]["num_frames"]
     frames, target = train[0]
     assert frames.shape[0] == cfg["data"]["num_frames"] and target["masks"].dtype == torch.float32
+    cfg["data"]["sentences_per_clip"] = 2  # two expressions of a video on one clip
+    frames, targets = build_dataset("mevis", "train", cfg)[0]
+    assert [t["video"] for t in targets] == ["v", "v"] and targets[0]["exp_id"] != targets[1]["exp_id"]
     assert isinstance(build_dataset("mevis", "valid_u", cfg), MeViSVideos)
     assert build_dataset("mevis", "valid", cfg).masks is None
     with pytest.raises(ValueError, match="unknown MeViS split 'test'"):
