@@ -108,6 +108,29 @@ def write_gif(data_root: Path, pred_root: Path, out_path: Path, num_examples: in
     images[0].save(out_path, save_all=True, append_images=images[1:], duration=250, loop=0)
 
 
+def run_mevis(python: str, args: argparse.Namespace, out: Path, weights: Path) -> dict:
+    """RefShapes in the MeViS layout: generate (reused), train, infer valid_u, score; {"J", "F", "JF", "expressions"}."""
+    data_root = REPO / f"{args.data_root}_mevis"
+    if not (data_root / "valid_u").is_dir():
+        run([python, "scripts/make_refshapes.py", "--out", str(data_root), "--videos", str(args.videos),
+             "--valid-videos", str(args.valid_videos), "--seed", str(args.seed), "--format", "mevis"])
+    train_dir = out / "mevis_train"
+    train = [python, "main.py", "--max_steps", str(args.mevis_steps), "--device", args.device]
+    if (train_dir / "last.pth").is_file():
+        run(train + ["--resume", str(train_dir / "last.pth")])
+    else:
+        run(train + ["--config", "configs/refshapes_mevis_tiny.yaml", "--data_root", str(data_root),
+                     "--weights", str(weights), "--output_dir", str(train_dir)])
+    predictions = out / "mevis_valid_u"
+    shutil.rmtree(predictions, ignore_errors=True)
+    run([python, "inference_mevis.py", "--checkpoint", str(train_dir / "last.pth"), "--weights", str(weights),
+         "--data_root", str(data_root), "--split", "valid_u", "--output_dir", str(predictions),
+         "--device", args.device])
+    scores = last_json(run([python, "inference_mevis.py", "--score", "--pred_dir", str(predictions),
+                            "--gt_root", str(data_root), "--split", "valid_u"]))
+    return {key: scores[key] for key in ("J", "F", "JF", "expressions")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/demo", help="folder for the run, predictions and metrics.json")
@@ -120,6 +143,10 @@ def main() -> None:
     parser.add_argument("--vae_steps", type=int, default=300, help="pretraining steps of the tiny VAE")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train and infer")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the baseline and the GIF's choice")
+    parser.add_argument("--mevis_steps", type=int, default=0,
+                        help="also train this many steps on RefShapes in the MeViS layout (multi-object expressions; "
+                             "configs/refshapes_mevis_tiny.yaml), infer valid_u and score it like MeViS's server "
+                             "(metrics.json key 'mevis'); 0 skips it")
     args = parser.parse_args()
     out, data_root, weights = REPO / args.out, REPO / args.data_root, REPO / args.weights
     out.mkdir(parents=True, exist_ok=True)
@@ -169,6 +196,10 @@ def main() -> None:
     write_gif(data_root, predictions, out / "predictions.gif", num_examples=4, seed=args.seed)
     stages.done("gif")
 
+    mevis = run_mevis(python, args, out, weights) if args.mevis_steps > 0 else None
+    if mevis is not None:
+        stages.done("mevis")
+
     metrics = {
         "J": scores["J"],
         "F": scores["F"],
@@ -181,6 +212,8 @@ def main() -> None:
         "stage_seconds": stages.seconds,
         "options_beyond_paper": options_beyond_paper(train_dir / "config.yaml"),
     }
+    if mevis is not None:
+        metrics["mevis"] = mevis
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"\n{'':<12}{'J':>7}{'F':>7}{'J&F':>7}{'random':>8}")
     for kind, value in sorted(metrics["by_kind"].items()):
