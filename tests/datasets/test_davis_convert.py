@@ -98,8 +98,8 @@ def test_converted_train_split_is_read_by_the_ytvos_loader(converted):
     _, out, _ = converted
     cfg = {
         "data_root": str(out),
-        "data": {"num_frames": 2, "max_skip": 1, "reverse_prob": 0.3, "train_scales": [16], "max_size": 24,
-                 "test_size": 16},
+        "data": {"num_frames": 2, "max_skip": 1, "reverse_prob": 0.3, "sentences_per_clip": 1, "train_scales": [16],
+                 "max_size": 24, "test_size": 16},
     }
     train = build_dataset("davis", "train", cfg)
     assert len(train) == (2 + 1) * 4 * 2  # (objects) x 4 expressions x 2 anchors of 3 frames
