@@ -12,19 +12,17 @@ The output folder holds, for the k-th --text (k = 0, 1, ...):
     <out>/<k>/overlay.mp4          the video with the mask in colour and the sentence written on it
     <out>/<k>/overlay.gif          the same as an endlessly looping GIF
 
-The video is read and processed in clips of --clip_len frames that overlap by --overlap frames (probabilities of
-the shared frames are averaged), so memory depends on the clip length, not on the video length (the GIF is
+The video is decoded, segmented and written window by window (``Predictor.stream``: clips of --clip_len frames that
+overlap by --overlap frames, the probabilities of the shared frames averaged), so memory depends on the clip length
+and the resolution, not on the video length (the GIF is
 assembled in memory, one byte per pixel and frame). All sentences go through each clip together and share its
 visual encoding. The results appear in <out> once complete; an <out> holding an earlier demo result is replaced.
 """
 import argparse
 import json
-from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
-from itertools import islice
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from inference_ytvos import add_model_arguments, load_predictor
@@ -35,36 +33,6 @@ from util.video_io import GifWriter, Mp4Writer, open_video
 from util.visualisation import mask_color, overlay_frame
 
 SENTENCES_FILE = "sentences.json"
-
-
-def stream_probabilities(predictor, frames: Iterable[tuple[str, np.ndarray]], sentences: list[str], clip_len: int,
-                         overlap: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """``(name, frame [H, W, 3], probabilities float32 [K, H, W])`` for each frame, in order, as soon as it is final.
-
-    The same numbers as ``predictor.probabilities(all_frames, sentences, clip_len, overlap)``: clips of
-    ``clip_len`` frames, each starting ``clip_len - overlap`` frames after the previous one (the last may be
-    shorter), frames in several clips averaged; but only one clip of frames is held at a time.
-    """
-    step = clip_len - overlap
-    frames = iter(frames)
-    window = list(islice(frames, clip_len))
-    carried_sum = carried_count = None  # [K, n, H, W] and [n]: the window's first n frames, seen by earlier clips
-    while window:
-        total = predictor.probabilities(np.stack([frame for _, frame in window]), sentences)  # [K, t, H, W]
-        count = np.ones(len(window), dtype=np.float32)
-        if carried_sum is not None:
-            carried = carried_sum.shape[1]
-            total[:, :carried] += carried_sum
-            count[:carried] += carried_count
-        following = list(islice(frames, 1)) if len(window) == clip_len else []
-        done = len(window) if not following else step
-        for index in range(done):
-            name, frame = window[index]
-            yield name, frame, total[:, index] / count[index]
-        if not following:
-            return
-        carried_sum, carried_count = total[:, done:], count[done:]
-        window = window[done:] + following + list(islice(frames, clip_len - (len(window) - done) - 1))
 
 
 def prepare_output(out: Path) -> None:
@@ -97,7 +65,7 @@ def run_demo(args: argparse.Namespace) -> Path:
             gifs = [writers.enter_context(GifWriter(staging / str(k) / "overlay.gif", fps))
                     for k in range(len(args.text))]
             frames = source.frames(args.max_frames)
-            results = stream_probabilities(predictor, frames, args.text, args.clip_len, args.overlap)
+            results = predictor.stream(frames, args.text, args.clip_len, args.overlap)
             for name, frame, probabilities in tqdm(results, total=total, desc="frames", unit="frame"):
                 for k, (mask, text) in enumerate(zip(probabilities > threshold, args.text)):
                     (mask_dirs[k] / f"{name}.png").write_bytes(mask_png_bytes(mask))

@@ -33,12 +33,12 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from datasets import build_dataset, load_frames, read_meta_expressions
+from datasets import build_dataset, read_meta_expressions
 from datasets.mevis import mask_dict_path, read_mevis_meta
 from datasets.ytvos import require_ground_truth
 from engine import AMP_DTYPES
 from inference_mevis import write_predictions
-from inference_ytvos import score_table, video_mask_files
+from inference_ytvos import score_table, segment_video_files
 from models.predictor import Predictor
 from util.a2d_metrics import PRECISION_THRESHOLDS, a2d_metrics, build_coco_ground_truth
 from util.atomic_write import atomic_write, write_folder
@@ -212,11 +212,8 @@ def evaluate_ytvos(model: torch.nn.Module, cfg: dict, amp: str, pred_dir: Path) 
     clip_len = cfg["inference"]["clip_len"] if cfg["dataset"] == "davis" else None  # the paper's passes
     shard = sorted(videos)[get_rank()::get_world_size()]
     for video in tqdm(shard, desc="eval", unit="video", disable=not is_main_process()):
-        entry = videos[video]
-        exp_ids = list(entry["expressions"])
-        frames = load_frames(root, "valid", video, entry["frames"])
-        masks = predictor.segment(frames, [entry["expressions"][e]["exp"] for e in exp_ids], clip_len=clip_len)
-        write_folder(pred_dir / "Annotations" / video, video_mask_files(exp_ids, entry["frames"], masks))
+        write_folder(pred_dir / "Annotations" / video,
+                     segment_video_files(predictor, root, "valid", video, videos[video], clip_len))
     barrier()  # every rank's videos are written before rank 0 reads them
     if not is_main_process():
         return {}

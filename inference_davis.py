@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from datasets import load_frames, read_meta_expressions
+from datasets import read_meta_expressions
 from datasets.errors import DatasetFormatError
-from inference_ytvos import add_model_arguments, load_predictor
+from inference_ytvos import add_model_arguments, lazy_frames, load_predictor
 from util.atomic_write import write_folder
 from util.cli import exit_on_user_error
 from util.davis_eval import evaluate_davis_unsupervised
@@ -67,12 +67,12 @@ def run_inference(args: argparse.Namespace) -> None:
     folders = [output_dir / f"anno_{annotator}" for annotator in range(NUM_ANNOTATORS)]
     videos = read_meta_expressions(data_root, args.split)
     for video, entry in tqdm(sorted(videos.items()), desc="videos", unit="video"):
-        frames = load_frames(data_root, args.split, video, entry["frames"])
         for folder, sentences in zip(folders, annotator_sentences(video, entry["expressions"])):
-            probabilities = predictor.probabilities(frames, sentences, clip_len=clip_len)  # [O, T, H, W]
-            ids = object_ids(probabilities, predictor.threshold)
-            write_folder(folder / video, {f"{frame}.png": palette_png_bytes(frame_ids)
-                                          for frame, frame_ids in zip(entry["frames"], ids)})
+            frames = lazy_frames(data_root, args.split, video, entry["frames"])  # decoded clip by clip
+            results = predictor.stream(frames, sentences, clip_len)  # probabilities [O, H, W] a frame
+            write_folder(folder / video, {f"{frame}.png": palette_png_bytes(object_ids(probabilities[:, None],
+                                                                                       predictor.threshold)[0])
+                                          for frame, _, probabilities in results})
     print(f"wrote the palette PNGs of {len(videos)} videos to {', '.join(str(folder) for folder in folders)}")
 
 

@@ -26,10 +26,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from datasets import load_frames
 from datasets.mevis import count_expressions, mevis_version, read_mevis_meta
 from datasets.ytvos import first_frame_sizes
-from inference_ytvos import add_model_arguments, load_predictor, score_table, video_mask_files
+from inference_ytvos import add_model_arguments, load_predictor, score_table, segment_video_files
 from util.atomic_write import write_folder
 from util.cli import exit_on_user_error
 from util.config import save_config
@@ -53,10 +52,7 @@ def write_predictions(predictor, data_root: Path, split: str, videos: dict, outp
     """Segment every expression of ``videos`` into ``output_dir/<video>/<exp_id>/<frame>.png`` (one atomic folder
     per video); ``clip_len`` frames a forward pass (None: the whole video); ``progress``: show a progress bar."""
     for video, entry in tqdm(sorted(videos.items()), desc="videos", unit="video", disable=not progress):
-        exp_ids = list(entry["expressions"])
-        frames = load_frames(data_root, split, video, entry["frames"])
-        masks = predictor.segment(frames, [entry["expressions"][e]["exp"] for e in exp_ids], clip_len=clip_len)
-        write_folder(output_dir / video, video_mask_files(exp_ids, entry["frames"], masks))
+        write_folder(output_dir / video, segment_video_files(predictor, data_root, split, video, entry, clip_len))
 
 
 def run_inference(args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ per frame listed in the json) and ``<output_dir>/submission.zip`` with ``Annotat
 the Ref-YouTube-VOS server expects; the zip is written only once every PNG has been checked. Every video runs
 in one forward pass per clip with all its expressions (they share the backbone's work), the whole video as one
 clip unless ``--clip_len`` is given. Only the ``exp`` and ``frames`` of the json and the JPEG frames are read,
-as in the real valid split. The valid json of Ref-YouTube-VOS lists 507 videos: the 202 of the valid split and
+as in the real valid split; each video's frames are decoded, segmented and encoded clip by clip, so that
+memory depends on ``--clip_len``, not on the video's length. The valid json of Ref-YouTube-VOS lists 507 videos: the 202 of the valid split and
 the 305 of the test split; the videos of ``meta_expressions/test/meta_expressions.json`` are dropped when that
 file is present.
 """
@@ -18,9 +19,10 @@ import argparse
 import json
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from datasets import load_frames, read_meta_expressions
@@ -83,13 +85,27 @@ def submission_videos(data_root: Path, split: str) -> dict:
     return kept
 
 
-def video_mask_files(exp_ids: list[str], frame_names: list[str], masks: np.ndarray) -> dict[str, bytes]:
-    """``{"<exp_id>/<frame>.png": PNG bytes}`` of bool masks ``[K, T, H, W]`` (K = ``exp_ids``, T = frames)."""
-    return {
-        f"{exp_id}/{frame}.png": mask_png_bytes(frame_mask)
-        for exp_id, video_masks in zip(exp_ids, masks)
-        for frame, frame_mask in zip(frame_names, video_masks)
-    }
+def lazy_frames(data_root: Path, split: str, video: str, frame_names: list[str]) -> Iterator[tuple[str, Image.Image]]:
+    """``(frame name, RGB frame)`` of ``<data_root>/<split>/JPEGImages/<video>``, each decoded when it is read."""
+    return ((name, load_frames(data_root, split, video, [name])[0]) for name in frame_names)
+
+
+def segment_video_files(predictor, data_root: Path, split: str, video: str, entry: dict, clip_len: int | None = None,
+                        threshold: float | None = None) -> dict[str, bytes]:
+    """``{"<exp_id>/<frame>.png": PNG bytes}`` of every expression of one json ``entry``, its frames decoded,
+    segmented and encoded clip by clip (``Predictor.stream``), so that only the video's PNGs are ever all held.
+
+    clip_len: frames a forward pass (None: the whole video); threshold: default the config's inference.threshold.
+    """
+    exp_ids = list(entry["expressions"])
+    sentences = [entry["expressions"][exp_id]["exp"] for exp_id in exp_ids]
+    threshold = predictor.threshold if threshold is None else threshold
+    files = {}
+    frames = lazy_frames(data_root, split, video, entry["frames"])
+    for frame, _, probabilities in predictor.stream(frames, sentences, clip_len):  # probabilities [K, H, W]
+        files.update({f"{exp_id}/{frame}.png": mask_png_bytes(mask)
+                      for exp_id, mask in zip(exp_ids, probabilities > threshold)})
+    return files
 
 
 def run_inference(args: argparse.Namespace) -> int:
@@ -110,11 +126,8 @@ def run_inference(args: argparse.Namespace) -> int:
         print(f"--skip_existing: keeping {len(videos) - len(todo)} video folders already in {annotations}",
               file=sys.stderr)
     for video, entry in tqdm(todo.items(), desc="videos", unit="video"):
-        exp_ids = list(entry["expressions"])
-        frames = load_frames(data_root, args.split, video, entry["frames"])
-        sentences = [entry["expressions"][exp_id]["exp"] for exp_id in exp_ids]
-        masks = predictor.segment(frames, sentences, clip_len=args.clip_len, threshold=args.threshold)
-        write_folder(annotations / video, video_mask_files(exp_ids, entry["frames"], masks))
+        write_folder(annotations / video, segment_video_files(predictor, data_root, args.split, video, entry,
+                                                              args.clip_len, args.threshold))
     zip_path = output_dir / "submission.zip"
     write_submission_zip(output_dir, zip_path, expected)
     print(f"wrote {len(expected)} masks of {len(videos)} videos to {annotations} and {zip_path}")

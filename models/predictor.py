@@ -9,14 +9,21 @@ backbone encodes the clip's frames once (VAE latents, CLIP image tokens) and sha
 For each sentence the model refines the query slot with the best frame-averaged score (``models.hcd.best_query``);
 its logits are cropped to the unpadded size, upsampled bilinearly to the original size and passed through a
 sigmoid. Long videos go through in consecutive clips of ``clip_len`` frames overlapping by ``overlap`` frames;
-where clips overlap, the probabilities are averaged.
+where clips overlap, the probabilities are averaged. ``stream`` does the same on an iterator of frames and hands
+each frame's probabilities back as soon as they are final, holding at most ``clip_len`` decoded frames: memory
+depends on the clip length and the resolution, not on the length of the video.
+
+    for name, frame, probabilities in predictor.stream(named_frames, sentences, clip_len=36, overlap=4):
+        ...  # probabilities: float32 [K, H, W] of that frame
 
 ``save_pretrained`` / ``from_pretrained`` store the resolved config and the trainable weights only
 (``config.yaml`` + ``model.safetensors``); the frozen pretrained components come from the weights folder.
 """
 import copy
 import random
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +56,9 @@ def clip_windows(num_frames: int, clip_len: int | None, overlap: int = 0) -> lis
     """
     if num_frames < 1:
         raise ValueError(f"a video needs at least one frame, got {num_frames}")
+    check_clip(clip_len, overlap)
     if clip_len is None:
         return [(0, num_frames)]
-    if clip_len < 1 or not 0 <= overlap < clip_len:
-        raise ValueError(f"need clip_len >= 1 and 0 <= overlap < clip_len, got clip_len={clip_len}, overlap={overlap}")
     windows, start = [], 0
     while True:
         stop = min(start + clip_len, num_frames)
@@ -62,13 +68,23 @@ def clip_windows(num_frames: int, clip_len: int | None, overlap: int = 0) -> lis
         start = stop - overlap
 
 
+def check_clip(clip_len: int | None, overlap: int) -> None:
+    """ValueError unless ``clip_len`` is None (whole video, ``overlap`` 0) or ``clip_len >= 1`` and
+    ``0 <= overlap < clip_len``."""
+    if clip_len is None:
+        if overlap != 0:
+            raise ValueError(f"overlap needs clip_len (clips to overlap), got clip_len=None, overlap={overlap}")
+    elif clip_len < 1 or not 0 <= overlap < clip_len:
+        raise ValueError(f"need clip_len >= 1 and 0 <= overlap < clip_len, got clip_len={clip_len}, overlap={overlap}")
+
+
 def as_pil_frames(frames) -> list[Image.Image]:
-    """A video as a list of RGB PIL images: from PIL images or a uint8 array ``[T, H, W, 3]``."""
+    """A video as a list of RGB PIL images: from PIL images, uint8 arrays ``[H, W, 3]`` or a uint8 array
+    ``[T, H, W, 3]``."""
     if isinstance(frames, np.ndarray):
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
             raise ValueError(f"frames as an array must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
-        frames = [Image.fromarray(frame) for frame in frames]
-    frames = list(frames)
+    frames = [as_pil_frame(frame) for frame in frames]
     if not frames:
         raise ValueError("the video has no frames; pass a non-empty list of PIL images or a [T, H, W, 3] array")
     if not all(isinstance(frame, Image.Image) for frame in frames):
@@ -77,6 +93,15 @@ def as_pil_frames(frames) -> list[Image.Image]:
     if len(sizes) != 1:
         raise ValueError(f"all frames of a video must have one size, got (width, height) {sorted(sizes)}")
     return [frame if frame.mode == "RGB" else frame.convert("RGB") for frame in frames]
+
+
+def as_pil_frame(frame):
+    """A uint8 array ``[H, W, 3]`` as a PIL image; anything else as it is (``as_pil_frames`` checks it)."""
+    if not isinstance(frame, np.ndarray):
+        return frame
+    if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"a frame as an array must be uint8 [H, W, 3], got {frame.dtype} {list(frame.shape)}")
+    return Image.fromarray(frame)
 
 
 def check_sentences(sentences: list[str]) -> list[str]:
@@ -178,16 +203,49 @@ class Predictor:
         clip_len: frames per forward pass (None: the whole video at once); overlap: frames shared by
         consecutive clips, whose probabilities are averaged.
         """
-        frames = as_pil_frames(frames)
+        results = self.stream(enumerate(as_pil_frames(frames)), sentences, clip_len, overlap)
+        return np.stack([probabilities for _, _, probabilities in results], axis=1)
+
+    def stream(self, frames: Iterable[tuple], sentences: list[str], clip_len: int | None = None,
+               overlap: int = 0) -> Iterator[tuple]:
+        """``(key, frame, probabilities float32 [K, H, W])`` for each ``(key, frame)`` of ``frames``, in order, as
+        soon as the frame's probabilities are final.
+
+        frames: an iterable (typically a lazy decoder) of pairs of any key (a frame name, an index) and a frame (a
+        PIL image or uint8 ``[H, W, 3]``), all of one size. The numbers are those of ``probabilities`` on the whole
+        list: clips of ``clip_len`` frames (None: all frames in one clip, which then are all held) starting
+        ``clip_len - overlap`` frames apart, the frames shared by clips averaged. At most ``clip_len`` frames are
+        held at a time: ``frames`` is read ``clip_len - overlap`` frames ahead of what has been handed back.
+        Invalid sentences or clip settings raise ValueError here, before any frame is read.
+        """
         sentences = check_sentences(sentences)
-        width, height = frames[0].size
-        windows = clip_windows(len(frames), clip_len, overlap)
-        total = np.zeros((len(sentences), len(frames), height, width), dtype=np.float32)
-        counts = np.zeros(len(frames), dtype=np.float32)
-        for start, stop in windows:
-            total[:, start:stop] += self._clip_probabilities(frames[start:stop], sentences)
-            counts[start:stop] += 1
-        return total / counts[None, :, None, None]
+        check_clip(clip_len, overlap)
+        return self._stream(iter(frames), sentences, clip_len, overlap)
+
+    def _stream(self, frames: Iterator[tuple], sentences: list[str], clip_len: int | None,
+                overlap: int) -> Iterator[tuple]:
+        step = None if clip_len is None else clip_len - overlap
+        window = list(islice(frames, clip_len))
+        carried_sum = carried_count = None  # [K, n, H, W] and [n]: the window's first n frames, seen by earlier clips
+        while window:
+            total = self._clip_probabilities(as_pil_frames([frame for _, frame in window]), sentences)  # [K, t, H, W]
+            count = np.ones(len(window), dtype=np.float32)
+            if carried_sum is not None:
+                total[:, :len(carried_count)] += carried_sum
+                count[:len(carried_count)] += carried_count
+            # A full window may be followed by more frames: its last `overlap` frames wait for the next clip.
+            full = step is not None and len(window) == clip_len
+            done = step if full else len(window)
+            for index in range(done):  # no local keeps a frame once it is handed back
+                yield *window[index], total[:, index] / count[index]
+            carried_sum, carried_count = total[:, done:], count[done:]
+            window = window[done:]  # dropped before reading on, so that at most clip_len frames are held
+            if full:
+                window.extend(islice(frames, step))
+            if len(window) == len(carried_count):  # nothing new: the video ended with the last clip
+                for index, (key, frame) in enumerate(window):
+                    yield key, frame, carried_sum[:, index] / carried_count[index]
+                return
 
     def segment(self, frames, sentences: list[str], clip_len: int | None = None, overlap: int = 0,
                 threshold: float | None = None) -> np.ndarray:

@@ -131,38 +131,6 @@ def test_folder_of_odd_sized_frames(checkpoint, tiny_weights, tmp_path):
         assert gif.size == (61, 63) and gif.n_frames == 5 and gif.info["duration"] == 250
 
 
-class ClipProbe:
-    """Predictor.probabilities over a fake clip pass whose output depends on the frame and its place in the clip."""
-
-    probabilities = Predictor.probabilities
-
-    def _clip_probabilities(self, frames, sentences):
-        pixels = np.stack([np.asarray(frame, dtype=np.float32)[..., 0] for frame in frames]) / 255  # [t, H, W]
-        position = np.arange(len(frames), dtype=np.float32)[:, None, None]
-        return np.stack([(pixels + position + k) / 100 for k in range(len(sentences))])  # [K, t, H, W]
-
-
-@pytest.mark.parametrize("num_frames,clip_len,overlap", [(6, 4, 2), (7, 3, 2), (5, 5, 1), (6, 5, 1), (2, 4, 1),
-                                                         (9, 3, 0), (1, 1, 0)])
-def test_streaming_equals_whole_video_probabilities(num_frames, clip_len, overlap):
-    frames = (np.random.default_rng(num_frames).random((num_frames, 4, 5, 3)) * 255).astype(np.uint8)
-    probe = ClipProbe()
-    expected = probe.probabilities(frames, ["a", "b"], clip_len=clip_len, overlap=overlap)  # [2, T, 4, 5]
-    streamed = list(demo.stream_probabilities(probe, ((str(i), f) for i, f in enumerate(frames)), ["a", "b"],
-                                              clip_len, overlap))
-    assert [name for name, _, _ in streamed] == [str(i) for i in range(num_frames)]
-    for index, (_, frame, probabilities) in enumerate(streamed):
-        np.testing.assert_array_equal(frame, frames[index])
-        np.testing.assert_allclose(probabilities, expected[:, index], rtol=1e-6)
-
-
-def test_streaming_hand_case():
-    """3 frames, clips of 2 overlapping by 1: windows (0, 2), (1, 3); frame 1 is position 1 then 0."""
-    frames = np.zeros((3, 1, 1, 3), dtype=np.uint8)
-    streamed = [p[0, 0, 0] for _, _, p in demo.stream_probabilities(ClipProbe(), enumerate(frames), ["a"], 2, 1)]
-    np.testing.assert_allclose(streamed, [0.0, 0.005, 0.01])
-
-
 def test_errors_are_clear(video_path, checkpoint, tiny_weights, tmp_path, capsys):
     def error_of(*argv) -> str:
         with pytest.raises((FileNotFoundError, ValueError)) as error:

@@ -1,5 +1,6 @@
 """The inference API (models/predictor.py): clip windows, preprocessing, shared passes, overlap averaging,
 checkpoint and save_pretrained loading."""
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,91 @@ def test_from_checkpoint_loads_config_and_trained_weights(predictor, video, tiny
     assert not loaded.model.training
     np.testing.assert_array_equal(Predictor.load(path, tiny_weights).probabilities(video, SENTENCES[:1]),
                                   loaded.probabilities(video, SENTENCES[:1]))
+
+
+class ClipProbe:
+    """Predictor's windowing over a fake clip pass whose output depends on the frame and its place in the clip."""
+
+    probabilities, stream, _stream = Predictor.probabilities, Predictor.stream, Predictor._stream
+
+    def _clip_probabilities(self, frames, sentences):
+        pixels = np.stack([np.asarray(frame, dtype=np.float32)[..., 0] for frame in frames]) / 255  # [t, H, W]
+        position = np.arange(len(frames), dtype=np.float32)[:, None, None]
+        return np.stack([(pixels + position + k) / 100 for k in range(len(sentences))])  # [K, t, H, W]
+
+
+def windowed_reference(probe, frames: np.ndarray, sentences, clip_len, overlap) -> np.ndarray:
+    """[K, T, H, W]: every clip of ``clip_windows`` run on the whole list, overlaps averaged."""
+    total = np.zeros((len(sentences), *frames.shape[:3]), dtype=np.float32)
+    counts = np.zeros(len(frames), dtype=np.float32)
+    for start, stop in clip_windows(len(frames), clip_len, overlap):
+        total[:, start:stop] += probe._clip_probabilities([Image.fromarray(f) for f in frames[start:stop]], sentences)
+        counts[start:stop] += 1
+    return total / counts[None, :, None, None]
+
+
+@pytest.mark.parametrize("num_frames,clip_len,overlap", [(6, 4, 2), (7, 3, 2), (5, 5, 1), (6, 5, 1), (2, 4, 1),
+                                                         (9, 3, 0), (1, 1, 0), (8, 4, 3), (5, None, 0)])
+def test_streaming_equals_the_clip_windows_of_the_whole_video(num_frames, clip_len, overlap):
+    frames = (np.random.default_rng(num_frames).random((num_frames, 4, 5, 3)) * 255).astype(np.uint8)
+    probe = ClipProbe()
+    expected = windowed_reference(probe, frames, ["a", "b"], clip_len, overlap)  # [2, T, 4, 5]
+    streamed = list(probe.stream(((str(i), f) for i, f in enumerate(frames)), ["a", "b"], clip_len, overlap))
+    assert [name for name, _, _ in streamed] == [str(i) for i in range(num_frames)]
+    for index, (_, frame, probabilities) in enumerate(streamed):
+        np.testing.assert_array_equal(frame, frames[index])
+        np.testing.assert_array_equal(probabilities, expected[:, index])
+    np.testing.assert_array_equal(probe.probabilities(frames, ["a", "b"], clip_len, overlap), expected)
+
+
+def test_streaming_hand_case():
+    """3 frames, clips of 2 overlapping by 1: windows (0, 2), (1, 3); frame 1 is position 1 then 0."""
+    frames = np.zeros((3, 1, 1, 3), dtype=np.uint8)
+    streamed = [p[0, 0, 0] for _, _, p in ClipProbe().stream(enumerate(frames), ["a"], 2, 1)]
+    np.testing.assert_allclose(streamed, [0.0, 0.005, 0.01])
+
+
+class CountedFrames:
+    """A lazy video of ``num_frames`` fresh arrays that records, at every read, how many of the frames it has
+    handed out are still alive (weak references), i.e. held by the predictor or its caller."""
+
+    def __init__(self, video: np.ndarray):
+        self.video, self.alive, self.most_alive, self.read = video, [], 0, 0
+
+    def __iter__(self):
+        for index in range(len(self.video)):
+            frame = self.video[index].copy()
+            self.alive = [ref for ref in self.alive if ref() is not None] + [weakref.ref(frame)]
+            self.most_alive = max(self.most_alive, len(self.alive))
+            self.read += 1
+            yield index, frame
+            del frame
+
+
+@pytest.mark.parametrize("clip_len,overlap", [(3, 1), (4, 2), (2, 0)])
+def test_stream_holds_at_most_clip_len_frames_and_matches_segment(predictor, clip_len, overlap):
+    video = (np.random.default_rng(1).random((7, 40, 56, 3)) * 255).astype(np.uint8)
+    source = CountedFrames(video)
+    results = predictor.stream(source, SENTENCES[:2], clip_len=clip_len, overlap=overlap)
+    keys, masks, read_at_first = [], [], None
+    for result in results:  # the caller keeps no frame: only the number that counts is the predictor's
+        read_at_first = source.read if read_at_first is None else read_at_first
+        keys.append(result[0])
+        masks.append(result[2] > predictor.threshold)
+        del result
+    assert keys == list(range(7))
+    assert read_at_first == clip_len  # the first frames come back before the video has been read to the end
+    assert source.most_alive == clip_len <= clip_len + overlap
+    np.testing.assert_array_equal(np.stack(masks, axis=1),
+                                  predictor.segment(video, SENTENCES[:2], clip_len=clip_len, overlap=overlap))
+
+
+def test_stream_rejects_bad_settings_before_reading(predictor):
+    source = CountedFrames(np.zeros((3, 8, 8, 3), dtype=np.uint8))
+    for kwargs, message in (({"clip_len": 3, "overlap": 3}, "overlap < clip_len"),
+                            ({"clip_len": None, "overlap": 1}, "overlap needs clip_len")):
+        with pytest.raises(ValueError, match=message):
+            predictor.stream(source, SENTENCES[:1], **kwargs)
+    with pytest.raises(ValueError, match="sentence 0 is empty"):
+        predictor.stream(source, [" "], clip_len=2)
+    assert source.read == 0
