@@ -4,10 +4,11 @@ On the tiny model (``configs/refshapes_tiny.yaml``, tiny weights built in a temp
 video (generated in a temporary folder), this benchmark
 
 1. runs ``Predictor.probabilities`` once with K sentences (the shared path: the backbone encodes the clip once,
-   VAE latents and CLIP image tokens, and serves all K captions) and K times with one sentence each (the naive
+   VAE latents, CLIP image tokens and the UNet and TCMR stems, and serves all K captions, ``--captions-per-pass``
+   of them per pass through the caption-dependent part) and K times with one sentence each (the naive
    loop, which re-encodes the clip for every sentence); checks that both give the same probabilities, counts how
    often each per-clip stage ran, splits the time between the caption-independent frozen encoding and the rest,
-   and prints the speed ratio (target >= 2.5x);
+   and prints the speed ratio (target >= 1.6x: only the caption-independent work can be shared);
 2. measures frames/s and peak memory of the shared path for several clip lengths T, each in a fresh
    subprocess (on the CPU the peak resident set, ``VmHWM``, reset through ``/proc/self/clear_refs`` after loading
    the model and a 2-frame warm-up, minus the resident set then; on CUDA ``torch.cuda.max_memory_allocated``
@@ -48,7 +49,7 @@ from util.config import load_config  # noqa: E402
 
 CONFIG = REPO / "configs" / "refshapes_tiny.yaml"
 AGREEMENT_TOLERANCE = 1e-4  # shared and naive batch the captions differently: float rounding only
-TARGET_SPEEDUP = 2.5
+TARGET_SPEEDUP = 1.6  # issue 16; the structural cap of sharing is ~1.7x on this model (benchmarks/README.md)
 
 
 def write_video(root: Path, num_frames: int, size: int) -> Path:
@@ -68,14 +69,14 @@ def read_video(folder: Path, num_frames: int, num_sentences: int) -> tuple[np.nd
     return np.stack(frames), expressions[:num_sentences]
 
 
-def build_predictor(weights: Path, size: int, device: torch.device) -> Predictor:
+def build_predictor(weights: Path, size: int, device: torch.device, captions_per_pass: int | None) -> Predictor:
     """The tiny HCD (seeded random trainable weights) at test size ``size``."""
     cfg = load_config(CONFIG)
     cfg["weights"] = str(weights)
     cfg["data"]["test_size"] = cfg["data"]["max_size"] = size
     torch.manual_seed(0)
     model, _ = build_model(cfg, load_pretrained(weights))
-    return Predictor(model, cfg, device)
+    return Predictor(model, cfg, device, captions_per_pass=captions_per_pass)
 
 
 class StageMeter:
@@ -161,7 +162,7 @@ def peak_memory(device: torch.device) -> float:
 def scaling_child(args: argparse.Namespace) -> None:
     """One clip length in this (fresh) process: print {"frames", "cpu_s", "wall_s", "peak_mem_mb"} as JSON."""
     device = torch.device(args.device)
-    predictor = build_predictor(args.weights, args.size, device)
+    predictor = build_predictor(args.weights, args.size, device, args.captions_per_pass)
     video, sentences = read_video(args.video_dir, args.child_frames, args.sentences)
     predictor.probabilities(video[:2], sentences)
     in_use = reset_peak_memory(device)
@@ -173,7 +174,8 @@ def scaling_child(args: argparse.Namespace) -> None:
 def run_child(args: argparse.Namespace, num_frames: int, weights: Path, video_dir: Path) -> dict:
     command = [sys.executable, __file__, "--child-frames", str(num_frames), "--weights", str(weights),
                "--video-dir", str(video_dir), "--size", str(args.size), "--sentences", str(args.sentences),
-               "--repeat", str(args.repeat), "--threads", str(args.threads), "--device", args.device]
+               "--repeat", str(args.repeat), "--threads", str(args.threads), "--device", args.device,
+               "--captions-per-pass", str(args.captions_per_pass)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"the scaling run for T={num_frames} failed:\n{result.stderr[-3000:]}")
@@ -195,7 +197,7 @@ def print_comparison(args, sentences: list[str], result: dict) -> float:
           f"{args.device}, {args.repeat} repeat(s)")
     print("                                     CPU s (median)   wall s (best)   encode_frames  UNet  stem")
     for name, label in (("naive", f"naive loop ({len(sentences)} calls x 1 sentence)"),
-                        ("shared", f"shared (1 call x {len(sentences)} sentences)")):
+                        ("shared", f"shared (1 call, {len(sentences)} sent., {args.captions_per_pass}/pass)")):
         calls = stages[name]["calls"]
         print(f"{label:<37}{cpu[name]:10.2f}{wall[name]:17.2f}{calls['encode']:14d}{calls['unet']:6d}"
               f"{calls['stem']:6d}")
@@ -220,6 +222,9 @@ def main() -> None:
                         help="clip lengths T of the scaling table, one fresh subprocess each (default 5 10 20 36)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--captions-per-pass", type=int, default=2, metavar="C",
+                        help="sentences per pass through the caption-dependent part in the shared path "
+                             "(Predictor's captions_per_pass; the frames are encoded once either way; default 2)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line at the end")
@@ -227,8 +232,8 @@ def main() -> None:
     parser.add_argument("--weights", type=Path, help="internal (with --child-frames): the tiny weights folder")
     parser.add_argument("--video-dir", type=Path, help="internal (with --child-frames): the RefShapes video folder")
     args = parser.parse_args()
-    if args.repeat < 1 or args.frames < 2 or args.threads < 1:
-        parser.error("--repeat and --threads must be >= 1 and --frames >= 2")
+    if args.repeat < 1 or args.frames < 2 or args.threads < 1 or args.captions_per_pass < 1:
+        parser.error("--repeat, --threads and --captions-per-pass must be >= 1 and --frames >= 2")
     torch.set_num_threads(args.threads)
     if args.child_frames is not None:
         scaling_child(args)
@@ -239,7 +244,7 @@ def main() -> None:
         build_tiny_weights(weights, seed=0)
         video_dir = write_video(Path(tmp) / "refshapes", max(args.frames, *args.lengths), args.size)
         video, sentences = read_video(video_dir, args.frames, args.sentences)
-        predictor = build_predictor(weights, args.size, torch.device(args.device))
+        predictor = build_predictor(weights, args.size, torch.device(args.device), args.captions_per_pass)
         result = compare(predictor, video, sentences, args.repeat)
         speedup = print_comparison(args, sentences, result)
         del predictor
@@ -276,6 +281,7 @@ def main() -> None:
             "time_fit_r2": time_r2,
             "memory_fit_r2": mem_r2,
             "frames": args.frames, "size": args.size, "sentences": len(sentences), "threads": args.threads,
+            "captions_per_pass": args.captions_per_pass,
             "device": args.device,
         }))
 

@@ -4,8 +4,9 @@
     masks = predictor.segment(frames, ["the red circle", "the square moving left"])  # bool [K, T, H, W]
 
 A video is preprocessed like the evaluation data (short side ``data.test_size``, long side <= ``data.max_size``,
-ImageNet normalisation, padding to ``data.size_divisibility``) and run once per clip with all K sentences: the
-backbone encodes the clip's frames once (VAE latents, CLIP image tokens) and shares them between the sentences.
+ImageNet normalisation, padding to ``data.size_divisibility``) and run once per clip with all K sentences (or in
+chunks of ``captions_per_pass``): the backbone encodes the clip's frames once (VAE latents, CLIP image tokens) and
+shares them between the sentences.
 For each sentence the model refines the query slot with the best frame-averaged score (``models.hcd.best_query``);
 its logits are cropped to the unpadded size, upsampled bilinearly to the original size and passed through a
 sigmoid. Long videos go through in consecutive clips of ``clip_len`` frames overlapping by ``overlap`` frames;
@@ -127,11 +128,19 @@ class Predictor:
             ``inference.threshold``).
         device: where the model runs.
         amp: "none" or "bf16" (autocast; meant for CUDA).
+        captions_per_pass: sentences that go through the caption-dependent part of the model (UNet, transformer,
+            heads) together, as one batch of ``captions_per_pass`` x T frames; None: all K at once. Smaller values
+            bound the memory of many sentences and, on a CPU, run faster (smaller working sets); the frames are
+            encoded once per clip either way.
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: dict, device: str | torch.device = "cpu", amp: str = "none"):
+    def __init__(self, model: torch.nn.Module, cfg: dict, device: str | torch.device = "cpu", amp: str = "none",
+                 captions_per_pass: int | None = None):
         if amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
+        if captions_per_pass is not None and captions_per_pass < 1:
+            raise ValueError(f"captions_per_pass must be None (all at once) or >= 1, got {captions_per_pass}")
+        self.captions_per_pass = captions_per_pass
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.cfg = cfg
@@ -256,16 +265,21 @@ class Predictor:
 
     @torch.inference_mode()
     def _clip_probabilities(self, frames: list[Image.Image], sentences: list[str]) -> np.ndarray:
-        """One forward pass of one clip with all K sentences -> float32 ``[K, t, H, W]`` at the original size."""
+        """One clip with all K sentences (in chunks of ``captions_per_pass``) -> float32 ``[K, t, H, W]`` at the
+        original size."""
         width, height = frames[0].size
         video, _ = self.transforms(frames, {}, random.Random(0))  # [t, 3, h, w]; the test transforms draw nothing
         resized_h, resized_w = video.shape[-2:]
         samples = nested_tensor_from_videos([video], self.size_divisibility).to(self.device)
         dtype = AMP_DTYPES[self.amp]
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
-        with autocast:
-            outputs = self.model(samples, sentences)  # one clip, K captions
-        logits = outputs["pred_masks"][:, :, :resized_h, :resized_w].float()  # [K, t, h, w]
+        step = self.captions_per_pass or len(sentences)
+        chunks = [sentences[start:start + step] for start in range(0, len(sentences), step)]
+        # Several chunks: the backbone encodes the clip's frames once for all of them.
+        reuse = self.model.backbone.reusing_frames() if len(chunks) > 1 else nullcontext()
+        with autocast, reuse:
+            logits = torch.cat([self.model(samples, chunk)["pred_masks"] for chunk in chunks])
+        logits = logits[:, :, :resized_h, :resized_w].float()  # [K, t, h, w]
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
         return logits.sigmoid().cpu().numpy()
 

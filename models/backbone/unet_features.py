@@ -57,10 +57,17 @@ class UNetFeatureExtractor(nn.Module):
         t_emb = self.unet.time_proj(timestep).to(dtype=self.unet.dtype)
         return self.unet.time_embedding(t_emb).expand(batch, -1)
 
-    def forward(self, latents: torch.Tensor, condition: torch.Tensor) -> list[torch.Tensor]:
+    def stem(self, latents: torch.Tensor) -> torch.Tensor:
+        """The caption-independent ``conv_in`` + ``transformer_in``: latents [B, 4, T, h, w] -> [B·T, C0, h, w]."""
+        unet = self.unet
+        sample = unet.conv_in(rearrange(latents, "b c t h w -> (b t) c h w").to(unet.dtype))
+        return unet.transformer_in(sample, num_frames=latents.shape[2], return_dict=False)[0]
+
+    def forward(self, latents: torch.Tensor, condition: torch.Tensor,
+                stem: torch.Tensor | None = None) -> list[torch.Tensor]:
         """
         latents: [B, 4, T, h, w] (h, w = H/8, W/8); condition: [B·K·T, L, Dc] in (b k t) order, K >= 1
-        captions per clip.
+        captions per clip; stem: ``self.stem(latents)`` when the caller already has it.
 
         Returns f0..f5, each [B·K·T, C_i, h_i, w_i]:
             f0 after conv_in + transformer_in  C0  /8
@@ -81,8 +88,7 @@ class UNetFeatureExtractor(nn.Module):
         frames_kwargs = {"num_frames": num_frames}
         text_kwargs = {"encoder_hidden_states": condition, "num_frames": num_frames}
 
-        sample = unet.conv_in(rearrange(latents, "b c t h w -> (b t) c h w").to(unet.dtype))
-        sample = unet.transformer_in(sample, num_frames=num_frames, return_dict=False)[0]
+        sample = self.stem(latents) if stem is None else stem
         sample = repeat(sample, "(b t) c h w -> (b k t) c h w", t=num_frames, k=per_clip)
         emb = self._time_embedding(sample.shape[0], sample.device)
         taps = [sample]

@@ -12,9 +12,12 @@ Data flow for B clips × T frames (padded H×W) and K captions per clip:
     PairProjection                                        -> features at /8, /16, /32
 
 ``encode_frames`` does the caption-independent frozen work once per clip; ``extract`` then serves any
-number of captions per clip, so several expressions of one video share the VAE and CLIP-vision passes.
+number of captions per clip, so several expressions of one video share the VAE and CLIP-vision passes. Inside
+``reusing_frames()`` that sharing also spans calls: several forward passes over the same clip, each with a chunk
+of its captions, encode the frames once.
 """
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +107,7 @@ class VisualBackbone(nn.Module):
         self.temporal_stem = TemporalStem(tcmr_channels)
         self.num_channels = list(out_channels)
         self.stride4_channels = tcmr_channels
+        self._reuse: list | None = None  # inside reusing_frames(): [] or [(samples, FrameEncoding, {stems})]
 
     @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor, mask: torch.Tensor) -> FrameEncoding:
@@ -135,9 +139,11 @@ class VisualBackbone(nn.Module):
         images = repeat(images, "(b t) n d -> (b k t) n d", t=num_frames, k=per_clip)
         condition = self.frame_condition(text, images)  # [B·K·T, 77, Dc]
 
-        features = self.projection(self.unet_features(encoding.latents, condition))  # shares the UNet's stem
+        unet_stem = self._once_per_clip(encoding, "unet", lambda: self.unet_features.stem(encoding.latents))
+        features = self.projection(self.unet_features(encoding.latents, condition, unet_stem))
 
-        stride4 = self.temporal_stem(encoding.frames)  # [B·T, c, H/4, W/4]
+        stride4 = self._once_per_clip(encoding, "stride4",
+                                      lambda: self.temporal_stem(encoding.frames))  # [B·T, c, H/4, W/4]
         stride4 = repeat(stride4, "(b t) c h w -> (b k t) c h w", t=num_frames, k=per_clip)
         mask = repeat(encoding.mask, "b t h w -> (b k t) h w", k=per_clip)
         return BackboneOutput(
@@ -150,7 +156,33 @@ class VisualBackbone(nn.Module):
     def forward(self, samples, captions: list[str]) -> BackboneOutput:
         """samples: NestedTensor-like with ``tensors`` [B, T, 3, H, W] (ImageNet-normalised) and ``mask``
         [B, T, H, W] (True = padding); captions: B·K strings grouped by clip (usually K = 1)."""
-        return self.extract(self.encode_frames(samples.tensors, samples.mask), captions)
+        if self._reuse is None:
+            return self.extract(self.encode_frames(samples.tensors, samples.mask), captions)
+        if not self._reuse or self._reuse[0][0] is not samples:
+            self._reuse[:] = [(samples, self.encode_frames(samples.tensors, samples.mask), {})]
+        return self.extract(self._reuse[0][1], captions)
+
+    def _once_per_clip(self, encoding: FrameEncoding, name: str, compute):
+        """``compute()``, a caption-independent feature of ``encoding``; inside ``reusing_frames()`` it is kept
+        with the reused encoding, so that later chunks of the clip's captions do not recompute it."""
+        if not self._reuse or self._reuse[0][1] is not encoding:
+            return compute()
+        kept = self._reuse[0][2]
+        if name not in kept:
+            kept[name] = compute()
+        return kept[name]
+
+    @contextmanager
+    def reusing_frames(self) -> Iterator[None]:
+        """Within the block, ``forward`` keeps the last clip's ``encode_frames`` result and reuses it while the
+        same ``samples`` object comes back (compared by identity), so that calls with chunks of one clip's captions
+        share the frozen VAE and CLIP-vision work, the UNet's stem and the TCMR stride-4 feature (the latter two
+        are trainable: meant for inference). Everything kept is dropped on exit."""
+        self._reuse = []
+        try:
+            yield
+        finally:
+            self._reuse = None
 
 
 def build_backbone(cfg: Mapping, components) -> VisualBackbone:
