@@ -43,13 +43,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `models`
 
 from benchmarks.bench_msda import make_inputs, median_ms, time_backward, with_backend  # noqa: E402
-from benchmarks.full_size import (CAPTIONS, GB, REPO, autocast, build_random_model, load_tokenizers,  # noqa: E402
+from benchmarks.fps_protocol import protocol_fps, protocol_probabilities, synchronize, timed  # noqa: E402
+from benchmarks.full_size import (CAPTIONS, GB, REPO, build_random_model, load_tokenizers,  # noqa: E402
                                   model_config, peak_rss_gb, synthetic_clip, trainable_parameters, training_step)
 from models.ops import kernels, ms_deform_attn_pytorch  # noqa: E402
 from models.pretrained import read_component_configs  # noqa: E402
@@ -98,11 +98,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.repeat < 1 or args.videos < 1:
         parser.error("--repeat and --videos must be at least 1")
     return args
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -170,31 +165,14 @@ def padded_clip(num_frames: int, size: tuple[int, int], device: torch.device, se
 
 
 def segment(model, samples: NestedTensor, sentences: list[str], setting: Setting) -> torch.Tensor:
-    """The timed section of the FPS protocol: forward, crop, upsample to the original size -> probabilities
-    float32 [K, T, H0, W0] (thresholded by the caller's ``> THRESHOLD``)."""
-    height, width = setting.frame_size
-    with torch.inference_mode(), autocast(setting.device, setting.dtype):
-        logits = model(samples, sentences)["pred_masks"][:, :, :height, :width].float()  # [K, T, h, w]
-        return F.interpolate(logits, size=setting.original_size, mode="bilinear", align_corners=False).sigmoid()
-
-
-def timed(fn, device: torch.device):
-    """(fn(), wall seconds) with the device synchronised before and after."""
-    synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    synchronize(device)
-    return out, time.perf_counter() - start
+    """The timed section of the FPS protocol without the threshold -> probabilities float32 [K, T, H0, W0]."""
+    return protocol_probabilities(model, samples, sentences, setting.frame_size, setting.original_size, setting.dtype)
 
 
 def fps_section(model, setting: Setting, args) -> dict:
-    frames, seconds = 0, 0.0
-    for video in range(args.videos + 1):  # video 0 is the warm-up
-        samples = padded_clip(setting.clip_frames, setting.frame_size, setting.device, seed=video)
-        masks, elapsed = timed(lambda: segment(model, samples, CAPTIONS[:1], setting) > THRESHOLD, setting.device)
-        if video > 0:
-            frames, seconds = frames + masks.shape[1], seconds + elapsed
-    return {"fps": frames / seconds, "frames": frames, "seconds": seconds, "clip_frames": setting.clip_frames,
+    clips = ((padded_clip(setting.clip_frames, setting.frame_size, setting.device, seed=video), CAPTIONS[0],
+              setting.frame_size, setting.original_size) for video in range(args.videos + 1))  # video 0: warm-up
+    return {**protocol_fps(model, clips, setting.dtype, THRESHOLD), "clip_frames": setting.clip_frames,
             "frame_size": list(setting.frame_size), "original_size": list(setting.original_size)}
 
 

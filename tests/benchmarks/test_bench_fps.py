@@ -1,0 +1,30 @@
+"""bench_fps.py: ReferDINO's FPS protocol on a generated RefShapes valid split, JSON on the last line."""
+import json
+
+import pytest
+
+from benchmarks import bench_fps
+from datasets import read_meta_expressions
+from datasets.refshapes import generate_refshapes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_fps_counts_every_timed_expression_and_ends_with_json(capsys, tmp_path):
+    bench_fps.main(["--json", "--videos", "2", "--frames", "3", "--size", "64"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    generate_refshapes(tmp_path, num_videos=1, num_valid_videos=2, num_frames=3, size=64, seed=0)  # the same split
+    expressions = sum(len(entry["expressions"]) for entry in read_meta_expressions(tmp_path, "valid").values())
+    assert result["expressions"] == expressions - 1  # the first one is the warm-up
+    assert result["frames"] == 3 * result["expressions"]
+    assert result["seconds"] > 0 and result["fps"] == pytest.approx(result["frames"] / result["seconds"])
+    assert list(result)[:3] == ["fps", "frames", "seconds"] and result["model"] == "tiny"
+
+
+def test_flags_that_cannot_work_are_refused(capsys):
+    for argv, message in ((["--amp", "bf16"], "is for --full-size"),
+                          (["--full-size", "--checkpoint", "x.pth"], "random full-size weights"),
+                          (["--videos", "0"], "at least 1")):
+        with pytest.raises(SystemExit):
+            bench_fps.parse_args(argv)
+        assert message in capsys.readouterr().err
