@@ -31,9 +31,19 @@ _COMPUTE_DTYPES = {torch.float64: tl.float64}  # everything else computes in flo
 
 
 @triton.jit
-def _sample_position(loc_ptr, sample, q_ok, h, w, ACC: tl.constexpr):
-    """Pixel position of one sampling point per query: floor corner (x0, y0), fractions (fx, fy), whether any
-    corner can be inside. sample: [BLOCK_Q] flat index into attention_weights; h, w: the level's size."""
+def _level(shapes_ptr, starts_ptr, head_base, row_stride, level):
+    """(H, W) of ``level`` and the offset of its first value row for this program's (n, m)."""
+    h = tl.load(shapes_ptr + 2 * level)
+    w = tl.load(shapes_ptr + 2 * level + 1)
+    return h, w, head_base + tl.load(starts_ptr + level) * row_stride
+
+
+@triton.jit
+def _sample(loc_ptr, attn_ptr, query_head, q_ok, h, w, level, point, NUM_LEVELS: tl.constexpr,
+            NUM_POINTS: tl.constexpr, ACC: tl.constexpr):
+    """One sampling point per query, all [BLOCK_Q]: its flat index into attention_weights, floor corner (x0, y0)
+    and fractions (fx, fy) in pixels, whether any corner can be inside, its attention weight."""
+    sample = query_head * (NUM_LEVELS * NUM_POINTS) + (level * NUM_POINTS + point)
     w_f = w.to(ACC)
     h_f = h.to(ACC)
     x = tl.load(loc_ptr + 2 * sample, mask=q_ok, other=0.0).to(ACC) * w_f - 0.5
@@ -43,7 +53,8 @@ def _sample_position(loc_ptr, sample, q_ok, h, w, ACC: tl.constexpr):
     y = tl.where(inside, y, 0.0)
     x_floor = tl.floor(x)
     y_floor = tl.floor(y)
-    return x_floor.to(tl.int64), y_floor.to(tl.int64), x - x_floor, y - y_floor, inside
+    attn = tl.load(attn_ptr + sample, mask=q_ok, other=0.0).to(ACC)
+    return sample, x_floor.to(tl.int64), y_floor.to(tl.int64), x - x_floor, y - y_floor, inside, attn
 
 
 @triton.jit
@@ -59,8 +70,9 @@ def _corner(x0, y0, fx, fy, inside, h, w, DX: tl.constexpr, DY: tl.constexpr):
 
 
 @triton.jit
-def _program_tile(num_queries, num_heads, channels, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
-    """This program's (n, m), its queries' flat (n, q, m) indices [BLOCK_Q] and the masks of queries and channels."""
+def _program_tile(num_keys, num_queries, num_heads, channels, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's queries' flat (n, q, m) indices [BLOCK_Q], the channels [BLOCK_D], the masks of both, the
+    offset of its (n, m) value rows and the stride between value rows."""
     query_blocks = tl.cdiv(num_queries, BLOCK_Q)
     pid = tl.program_id(0)
     batch_head = pid // query_blocks  # n * M + m
@@ -69,7 +81,8 @@ def _program_tile(num_queries, num_heads, channels, BLOCK_Q: tl.constexpr, BLOCK
     q = (pid % query_blocks) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     d = tl.arange(0, BLOCK_D)
     query_head = (n * num_queries + q) * num_heads + m
-    return n, m, d, query_head, q < num_queries, d < channels
+    row_stride = num_heads * channels
+    return query_head, q < num_queries, d, d < channels, n * num_keys * row_stride + m * channels, row_stride
 
 
 @triton.jit
@@ -77,18 +90,14 @@ def _forward_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_pt
                     num_keys, num_queries, num_heads, channels,
                     NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr, BLOCK_Q: tl.constexpr,
                     BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    n, m, d, query_head, q_ok, d_ok = _program_tile(num_queries, num_heads, channels, BLOCK_Q, BLOCK_D)
-    row_stride = num_heads * channels
-    head_base = n * num_keys * row_stride + m * channels
+    query_head, q_ok, d, d_ok, head_base, row_stride = _program_tile(num_keys, num_queries, num_heads, channels,
+                                                                     BLOCK_Q, BLOCK_D)
     acc = tl.zeros([BLOCK_Q, BLOCK_D], dtype=ACC)
     for level in tl.static_range(NUM_LEVELS):
-        h = tl.load(shapes_ptr + 2 * level)
-        w = tl.load(shapes_ptr + 2 * level + 1)
-        level_base = head_base + tl.load(starts_ptr + level) * row_stride
+        h, w, level_base = _level(shapes_ptr, starts_ptr, head_base, row_stride, level)
         for point in tl.static_range(NUM_POINTS):
-            sample = query_head * (NUM_LEVELS * NUM_POINTS) + (level * NUM_POINTS + point)
-            x0, y0, fx, fy, inside = _sample_position(loc_ptr, sample, q_ok, h, w, ACC)
-            attn = tl.load(attn_ptr + sample, mask=q_ok, other=0.0).to(ACC)
+            _, x0, y0, fx, fy, inside, attn = _sample(loc_ptr, attn_ptr, query_head, q_ok, h, w, level, point,
+                                                      NUM_LEVELS, NUM_POINTS, ACC)
             for corner in tl.static_range(4):
                 key, ok, weight, _, _ = _corner(x0, y0, fx, fy, inside, h, w, corner % 2, corner // 2)
                 rows = value_ptr + level_base + key[:, None] * row_stride + d[None, :]
@@ -104,19 +113,15 @@ def _backward_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, grad_
                      num_keys, num_queries, num_heads, channels,
                      NUM_LEVELS: tl.constexpr, NUM_POINTS: tl.constexpr, BLOCK_Q: tl.constexpr,
                      BLOCK_D: tl.constexpr, ACC: tl.constexpr):
-    n, m, d, query_head, q_ok, d_ok = _program_tile(num_queries, num_heads, channels, BLOCK_Q, BLOCK_D)
-    row_stride = num_heads * channels
-    head_base = n * num_keys * row_stride + m * channels
+    query_head, q_ok, d, d_ok, head_base, row_stride = _program_tile(num_keys, num_queries, num_heads, channels,
+                                                                     BLOCK_Q, BLOCK_D)
     tile_ok = q_ok[:, None] & d_ok[None, :]
     grad = tl.load(grad_out_ptr + query_head[:, None] * channels + d[None, :], mask=tile_ok, other=0.0).to(ACC)
     for level in tl.static_range(NUM_LEVELS):
-        h = tl.load(shapes_ptr + 2 * level)
-        w = tl.load(shapes_ptr + 2 * level + 1)
-        level_base = head_base + tl.load(starts_ptr + level) * row_stride
+        h, w, level_base = _level(shapes_ptr, starts_ptr, head_base, row_stride, level)
         for point in tl.static_range(NUM_POINTS):
-            sample = query_head * (NUM_LEVELS * NUM_POINTS) + (level * NUM_POINTS + point)
-            x0, y0, fx, fy, inside = _sample_position(loc_ptr, sample, q_ok, h, w, ACC)
-            attn = tl.load(attn_ptr + sample, mask=q_ok, other=0.0).to(ACC)
+            sample, x0, y0, fx, fy, inside, attn = _sample(loc_ptr, attn_ptr, query_head, q_ok, h, w, level, point,
+                                                           NUM_LEVELS, NUM_POINTS, ACC)
             # <grad, sample>, and its derivatives in x and y, each summed over the D channels: [BLOCK_Q]
             grad_dot_sample = tl.zeros([BLOCK_Q], dtype=ACC)
             grad_dot_dx = tl.zeros([BLOCK_Q], dtype=ACC)
