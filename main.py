@@ -40,7 +40,7 @@ from models import build_model
 from util.checkpoint import (CheckpointError, build_checkpoint, capture_rng_state, epoch_checkpoint_name,
                              load_checkpoint, load_model_weights, restore_rng_state, save_checkpoint,
                              step_checkpoint_name)
-from util.config import ConfigError, apply_overrides, get_key, load_config, save_config
+from util.config import ConfigError, apply_overrides, get_key, load_config, save_config, upgrade_saved_config
 from util.cli import exit_on_user_error
 from util.distributed import (all_gather_objects, any_rank_max, cleanup, epoch_order, init_distributed,
                               is_main_process)
@@ -97,12 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> tuple[dict, dict | None]:
     """The resolved config of this run, and the checkpoint to resume from (or None)."""
     checkpoint = load_checkpoint(args.resume) if args.resume else None
-    base = checkpoint["config"] if checkpoint is not None else load_config(args.config)
+    base = upgrade_saved_config(checkpoint["config"]) if checkpoint is not None else load_config(args.config)
     cfg = apply_overrides(base, args)
     if "seed" not in cfg:
         raise ConfigError("the config has no `seed`; add `seed: 42` to the YAML or pass --seed")
     if checkpoint is not None and not args.eval:
-        changed = [key for key in RESUME_FIXED_KEYS if get_key(cfg, key) != get_key(checkpoint["config"], key)]
+        changed = [key for key in RESUME_FIXED_KEYS if get_key(cfg, key) != get_key(base, key)]
         if changed:
             raise ConfigError(f"--resume continues the saved run, whose optimizer, scheduler and data order fix "
                               f"{changed}; start a new run with --config to change them")

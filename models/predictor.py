@@ -40,7 +40,7 @@ from models import build_model
 from models.pretrained import load_pretrained
 from util.atomic_write import write_folder
 from util.checkpoint import load_checkpoint, load_model_weights, trainable_state_dict
-from util.config import load_config
+from util.config import load_config, upgrade_saved_config
 from util.nested_tensor import nested_tensor_from_videos
 
 CONFIG_FILE = "config.yaml"
@@ -152,8 +152,9 @@ class Predictor:
 
     @classmethod
     def from_state(cls, cfg: dict, state: dict[str, torch.Tensor], weights_dir, device="cpu", amp: str = "none"):
-        """Build the model of ``cfg`` on the pretrained components of ``weights_dir`` and load ``state`` strictly."""
-        cfg = copy.deepcopy(cfg)
+        """Build the model of ``cfg`` on the pretrained components of ``weights_dir`` and load ``state`` strictly.
+        A config saved before some keys existed gets them with their old behaviour (``upgrade_saved_config``)."""
+        cfg = upgrade_saved_config(cfg)
         cfg["weights"] = str(weights_dir)
         model, _ = build_model(cfg, load_pretrained(weights_dir))
         load_model_weights(model, state)

@@ -46,6 +46,22 @@ def load_config(path: str | Path) -> dict:
     return cfg
 
 
+# Keys added after runs were saved, with the value that reproduces those runs: a saved config without one of them
+# (a checkpoint's or a save_pretrained folder's) is read as if it had it.
+ADDED_KEYS = {"model.pixel_referring": False, "data.sentences_per_clip": 1}
+
+
+def upgrade_saved_config(cfg: dict) -> dict:
+    """A copy of a saved run's config with every missing ``ADDED_KEYS`` entry set to its old behaviour."""
+    upgraded = copy.deepcopy(cfg)
+    for key, value in ADDED_KEYS.items():
+        try:
+            get_key(upgraded, key)
+        except ConfigError:
+            set_key(upgraded, key, value, create=True)
+    return upgraded
+
+
 def get_key(cfg: dict, key: str):
     """The value at dotted ``key`` (``"train.lr"``); ``ConfigError`` naming the missing part otherwise."""
     node = cfg

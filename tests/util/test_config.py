@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from util.config import ConfigError, apply_overrides, get_key, load_config, save_config
+from util.config import ConfigError, apply_overrides, get_key, load_config, save_config, upgrade_saved_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,3 +88,13 @@ def test_saved_config_round_trips_and_leaves_no_temp_file(cfg, tmp_path):
     assert load_config(path) == resolved
     assert yaml.safe_load(path.read_text())["seed"] == 5
     assert [p.name for p in path.parent.iterdir()] == ["config.yaml"]
+
+
+def test_saved_configs_get_the_keys_added_since_with_their_old_behaviour():
+    old = {"model": {"hidden_dim": 64, "vl_fusion": True}, "data": {"num_frames": 4}}
+    upgraded = upgrade_saved_config(old)
+    assert upgraded["model"] == {"hidden_dim": 64, "vl_fusion": True, "pixel_referring": False}
+    assert upgraded["data"] == {"num_frames": 4, "sentences_per_clip": 1}
+    assert "pixel_referring" not in old["model"]  # the input is left alone
+    newer = {"model": {"pixel_referring": True}, "data": {"sentences_per_clip": 3}}
+    assert upgrade_saved_config(newer) == newer  # present keys are kept
