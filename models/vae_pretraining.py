@@ -5,12 +5,22 @@ almost nothing of the image (a linear probe recovers about 10 % of the cells' co
 nothing downstream of it could learn to tell a red circle from a blue one. The real ``weight/vae`` is an
 autoencoder trained on images; this trains the tiny one the same way (reconstruction + a small KL term, no
 labels) on frames of a dataset, for a few hundred steps on a CPU.
+
+Its ``scaling_factor`` is then set as Stable Diffusion's 0.18215 was chosen for the real VAE: so that the scaled
+latents have unit variance. That is the scale the UNet's noise schedule was designed for; with the tiny VAE's
+latents at SD's factor (standard deviation about 0.3) a denoiser pretrained on them would see mostly noise.
 """
+import math
 import random
 
 import numpy as np
 import torch
 from torch.nn import functional as F
+
+
+def unit_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] -> [1, 3, H, W] in [-1, 1], the VAE's input range."""
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def random_crops(images: list[np.ndarray], batch_size: int, crop: int, rng: random.Random) -> torch.Tensor:
@@ -20,8 +30,29 @@ def random_crops(images: list[np.ndarray], batch_size: int, crop: int, rng: rand
         image = images[rng.randrange(len(images))]
         top = rng.randrange(image.shape[0] - crop + 1)
         left = rng.randrange(image.shape[1] - crop + 1)
-        crops.append(torch.from_numpy(image[top : top + crop, left : left + crop]).permute(2, 0, 1))
-    return torch.stack(crops).float() / 127.5 - 1
+        crops.append(unit_tensor(image[top : top + crop, left : left + crop]))
+    return torch.cat(crops)
+
+
+def reconstruction_psnr(vae, images: list[np.ndarray]) -> float:
+    """PSNR (dB, peak 1 on [0, 1] pixels) of ``vae``'s reconstructions of uint8 [H, W, 3] ``images`` through the
+    posterior mean, the mean squared error taken over all pixels of all images."""
+    squared_error, pixels = 0.0, 0
+    with torch.no_grad():
+        for image in images:
+            batch = unit_tensor(image)
+            reconstruction = vae.decode(vae.encode(batch).latent_dist.mean).sample.clamp(-1, 1)
+            squared_error += ((reconstruction - batch) / 2).pow(2).sum().item()
+            pixels += batch.numel()
+    return 10 * math.log10(pixels / squared_error)
+
+
+def unit_variance_scaling_factor(vae, images: list[np.ndarray]) -> float:
+    """1 / standard deviation of the posterior means of uint8 [H, W, 3] ``images``: the ``scaling_factor`` that gives
+    latents of unit variance."""
+    with torch.no_grad():
+        means = torch.cat([vae.encode(unit_tensor(image)).latent_dist.mean.flatten() for image in images])
+    return 1.0 / means.std().item()
 
 
 def pretrain_vae(vae, images: list[np.ndarray], steps: int, batch_size: int = 8, crop: int = 64,
