@@ -1,13 +1,11 @@
 """The demo driver's report helpers (scripts/run_demo.py): stage clock and the options beyond the paper."""
-import importlib.util
 from pathlib import Path
 
 import yaml
+from tests.scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("run_demo", REPO / "scripts" / "run_demo.py")
-run_demo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run_demo)
+run_demo = load_script("run_demo")
 
 
 def test_options_beyond_paper_names_only_what_is_switched_on(tmp_path):

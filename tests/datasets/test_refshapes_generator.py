@@ -1,5 +1,4 @@
 """RefShapes generator: Ref-YouTube-VOS layout, determinism, expression semantics and difficulty."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from datasets.refshapes import (
     shape_masks,
     video_rng,
 )
+from tests.scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(num_videos=6, num_valid_videos=3, num_frames=6, size=64)
@@ -244,13 +244,6 @@ def run_cli(*args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def load_cli_module():
-    spec = importlib.util.spec_from_file_location("make_refshapes", REPO_ROOT / "scripts" / "make_refshapes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_help_and_small_run_as_a_subprocess(tmp_path):
     help_text = run_cli("--help").stdout
     for flag in ("--out", "--videos", "--valid-videos", "--frames", "--size", "--seed"):
@@ -271,7 +264,7 @@ def test_cli_help_and_small_run_as_a_subprocess(tmp_path):
 ])
 def test_cli_refuses_bad_arguments(tmp_path, capsys, bad, message):
     with pytest.raises(SystemExit) as exited:
-        load_cli_module().main(["--out", str(tmp_path / "bad"), *bad])
+        load_script("make_refshapes").main(["--out", str(tmp_path / "bad"), *bad])
     assert exited.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
@@ -280,5 +273,5 @@ def test_cli_refuses_a_non_empty_output(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit, match="not an empty folder"):
-        load_cli_module().main(["--out", str(tmp_path / "full"), "--videos", "1", "--size", "32"])
+        load_script("make_refshapes").main(["--out", str(tmp_path / "full"), "--videos", "1", "--size", "32"])
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]

@@ -25,13 +25,7 @@ def read_config(name: str) -> dict:
     return yaml.safe_load((CONFIGS / name).read_text())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one intra-op thread is ~10x faster than two on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is ~10x faster than two on a busy CPU
 
 
 @pytest.fixture(scope="module")

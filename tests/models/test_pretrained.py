@@ -1,5 +1,4 @@
 """Pretrained components: the tiny offline set, load_pretrained, its errors, and the full-size meta build."""
-import importlib.util
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPText
 from models.pretrained import (MissingWeightsError, build_pretrained_on_meta, check_weights_dir, load_pretrained,
                                parameter_counts)
 from models.tiny_weights import build_tiny_weights
+from tests.scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAYOUT = {
@@ -152,9 +152,7 @@ def test_roberta_tokenizer_has_roberta_special_tokens(tiny_weights):
 
 
 def test_script_and_seed_give_identical_files(tiny_weights, tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("make_tiny_weights", REPO_ROOT / "scripts" / "make_tiny_weights.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("make_tiny_weights")
     monkeypatch.setattr(sys, "argv", ["make_tiny_weights.py", "--out", str(tmp_path / "again"), "--seed", "0"])
     script.main()
     again = tmp_path / "again"

@@ -1,11 +1,9 @@
 """Pretraining of the tiny UNet as a text-conditioned video denoiser (models/unet_pretraining.py, its script)."""
 import copy
-import importlib.util
 import json
 import random
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,24 +13,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from models.pretrained import load_pretrained
 from models.unet_pretraining import (caption_variants, denoising_loss, encode_captions, encode_clips,
                                      pretrain_unet, sample_batch)
+from tests.scripts import load_script
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("pretrain_tiny_unet", REPO_ROOT / "scripts" / "pretrain_tiny_unet.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread beats two on a shared, busy CPU
 
 
 def test_denoising_loss_decreases_on_a_fixed_batch(tiny_weights):
@@ -95,7 +78,7 @@ def test_script_replaces_the_unet_once_and_it_loads(tiny_weights, refshapes_root
     argv = ["pretrain_tiny_unet.py", "--weights", str(weights), "--data_root", str(refshapes_root), "--steps", "2",
             "--clips", "3", "--frames", "2", "--size", "64", "--batch_size", "2", "--max_join", "2"]
     monkeypatch.setattr(sys, "argv", argv)
-    script = load_script()
+    script = load_script("pretrain_tiny_unet")
     script.main()
     record = json.loads((weights / "unet" / "pretraining.json").read_text())
     assert record["steps"] == 2 and record["clips"] == 3 and record["split"] == "train"
