@@ -1,5 +1,5 @@
 # Two commands: `make demo` (the main job on RefShapes, CPU) and `make test` (the test suite).
-# Each creates .venv when missing and reinstalls the requirements only when requirements.txt changed.
+# Each creates .venv when missing and reinstalls the requirements (and the project, editable) only when requirements.txt or pyproject.toml changed.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,9 +10,10 @@ STAMP := $(VENV)/.requirements.stamp
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): requirements.txt | $(PY)
+$(STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -21,7 +21,7 @@ import gradio as gr
 import numpy as np
 
 from inference_ytvos import add_model_arguments, load_predictor
-from util.submission import mask_png_bytes
+from inference.writers import mask_png_bytes
 from util.video_io import Mp4Writer, VideoReadError, open_video
 from util.visualisation import draw_caption, mask_color, overlay_mask
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from inference_ytvos import add_model_arguments, load_predictor
 from util.atomic_write import atomic_directory
 from util.cli import exit_on_user_error
-from util.submission import mask_png_bytes
+from inference.writers import mask_png_bytes
 from util.video_io import GifWriter, Mp4Writer, open_video
 from util.visualisation import mask_color, overlay_frame
 

@@ -5,17 +5,17 @@
   paper's code scores frame 0, see reference/hcd-architecture.md section 7 item 3): score = sigmoid of its class
   logit there, mask = sigmoid of its refined logits > 0.5, cropped to the unpadded size and resized
   (nearest-neighbour) to the original frame size, as MTTR and ReferFormer do. Ground truth is the annotated frame's
-  mask at the original size. ``util.a2d_metrics`` gives mAP@[.5:.95], AP50 and AP75 over the predictions of
+  mask at the original size. ``metrics.a2d`` gives mAP@[.5:.95], AP50 and AP75 over the predictions of
   **all** query slots (the MTTR / ReferFormer convention behind the published numbers: ``"map_over":
   "all_queries"``), and overall IoU, mean IoU and P@0.5..0.9 of the top-scoring slot per sample. The mAP of the
   top-scoring slot alone is reported beside it (``mAP_top1``, ``AP50_top1``, ``AP75_top1``; ReferFormer#39).
 - **RefShapes / Ref-YouTube-VOS layout / converted Ref-DAVIS17** (``refshapes``, ``ytvos``, ``davis``): the
-  ``valid`` split, which must have ground truth, is segmented with ``models.predictor.Predictor`` (whole videos;
+  ``valid`` split, which must have ground truth, is segmented with ``inference.predictor.Predictor`` (whole videos;
   ``inference.clip_len`` frames a pass for davis) into ``<output_dir>/eval_valid/Annotations/<video>/<exp_id>/
-  <frame>.png`` and scored with ``util.ytvos_score.score_predictions``: J, F and J&F over expressions, and per
+  <frame>.png`` and scored with ``metrics.ytvos.score_predictions``: J, F and J&F over expressions, and per
   expression kind.
 - **MeViS** (``mevis``): the ``valid_u`` split is segmented the same way (``inference.clip_len`` frames a pass) into
-  ``<output_dir>/eval_valid_u/<video>/<exp_id>/<frame>.png`` and scored with ``util.mevis_score.score_mevis`` as the
+  ``<output_dir>/eval_valid_u/<video>/<exp_id>/<frame>.png`` and scored with ``metrics.mevis.score_mevis`` as the
   official ``tools/eval_mevis.py`` scores it (the union of each expression's objects is its ground truth).
 
 Under ``torchrun`` every rank evaluates its shard (every world_size-th sample or video) and rank 0 computes the
@@ -39,14 +39,14 @@ from datasets.ytvos import require_ground_truth
 from engine import AMP_DTYPES
 from inference_mevis import write_predictions
 from inference_ytvos import score_table, segment_video_files
-from models.predictor import Predictor
-from util.a2d_metrics import PRECISION_THRESHOLDS, a2d_metrics, build_coco_ground_truth
+from inference.predictor import Predictor
+from metrics.a2d import PRECISION_THRESHOLDS, a2d_metrics, build_coco_ground_truth
 from util.atomic_write import atomic_write, write_folder
 from util.distributed import all_gather_objects, barrier, get_rank, get_world_size, is_main_process
 from util.mask_rle import mask_to_rle, rle_to_mask
-from util.mevis_score import score_mevis
+from metrics.mevis import score_mevis
 from util.nested_tensor import collate_clips
-from util.ytvos_score import score_predictions
+from metrics.ytvos import score_predictions
 
 A2D_DATASETS = ("a2d", "jhmdb")
 YTVOS_DATASETS = ("refshapes", "ytvos", "davis")
@@ -201,7 +201,7 @@ def a2d_table(results: dict, name: str) -> str:
 
 
 def evaluate_ytvos(model: torch.nn.Module, cfg: dict, amp: str, pred_dir: Path) -> dict:
-    """Segment the valid split into ``pred_dir/Annotations`` and score it: ``util.ytvos_score.score_predictions``
+    """Segment the valid split into ``pred_dir/Annotations`` and score it: ``metrics.ytvos.score_predictions``
     result on rank 0, {} on the other ranks."""
     root = Path(cfg["data_root"])
     videos = read_meta_expressions(root, "valid")
@@ -225,7 +225,7 @@ def evaluate_ytvos(model: torch.nn.Module, cfg: dict, amp: str, pred_dir: Path) 
 
 def evaluate_mevis(model: torch.nn.Module, cfg: dict, amp: str, pred_dir: Path) -> dict:
     """Segment MeViS valid_u into ``pred_dir/<video>/<exp_id>/<frame>.png`` and score it:
-    ``util.mevis_score.score_mevis`` result on rank 0, {} on the other ranks."""
+    ``metrics.mevis.score_mevis`` result on rank 0, {} on the other ranks."""
     root = Path(cfg["data_root"])
     videos = read_mevis_meta(root, MEVIS_SPLIT)
     if not mask_dict_path(root, MEVIS_SPLIT).is_file():  # before any inference: without masks nothing is scored

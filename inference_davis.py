@@ -10,7 +10,7 @@ annot2-first, annot2-full). For each annotator and video, all objects' expressio
 ``inference.clip_len`` frames (36); per frame, probabilities under the threshold (0.5) are set to 0, a constant
 0.1 background channel is put in front and the argmax gives the object ids, saved as DAVIS-palette PNGs at
 ``<output_dir>/anno_<a>/<video>/<frame>.png``. Each annotator's folder is then scored with the DAVIS-2017
-unsupervised protocol (``util.davis_eval``); the reported number is the mean over the four annotators.
+unsupervised protocol (``metrics.davis``); the reported number is the mean over the four annotators.
 """
 import argparse
 import json
@@ -24,7 +24,7 @@ from datasets.errors import DatasetFormatError
 from inference_ytvos import add_model_arguments, lazy_frames, load_predictor
 from util.atomic_write import write_folder
 from util.cli import exit_on_user_error
-from util.davis_eval import evaluate_davis_unsupervised
+from metrics.davis import evaluate_davis_unsupervised
 from util.davis_palette import palette_png_bytes
 
 NUM_ANNOTATORS = 4

@@ -12,7 +12,7 @@ has been checked. A video runs with all its expressions in each forward pass, in
 The model gives one mask per expression: for an expression about several objects, the union of them, which is
 what the benchmark scores. Only ``exp`` and ``frames`` of the json and the JPEG frames are read.
 
-Scoring (``util/mevis_score.py``) follows MeViS's ``tools/eval_mevis.py``: per expression the union of its
+Scoring (``metrics/mevis.py``) follows MeViS's ``tools/eval_mevis.py``: per expression the union of its
 ``anno_id`` masks is the ground truth, J and F (bound_th 0.008) are averaged over its frames and then over the
 expressions; a missing video folder scores 0, with a warning. It prints a table and, as the last line, a JSON
 object ``{"J", "F", "JF", "expressions", "version", "per_expression": {"<video>/<exp_id>": {"J", "F"}}}``.
@@ -32,8 +32,8 @@ from inference_ytvos import add_model_arguments, load_predictor, score_table, se
 from util.atomic_write import write_folder
 from util.cli import exit_on_user_error
 from util.config import save_config
-from util.mevis_score import score_mevis
-from util.submission import expected_masks, write_submission_zip
+from metrics.mevis import score_mevis
+from inference.writers import expected_masks, write_submission_zip
 
 SPLITS = ("valid_u", "valid")
 JSON_KEYS = ("J", "F", "JF", "expressions", "version", "per_expression")

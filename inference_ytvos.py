@@ -30,8 +30,8 @@ from datasets.ytvos import first_frame_sizes, meta_expressions_path, read_meta_j
 from util.atomic_write import write_folder
 from util.cli import exit_on_user_error
 from util.config import load_config, save_config
-from util.submission import check_zip, expected_masks, mask_png_bytes, write_submission_zip
-from util.ytvos_score import score_predictions
+from inference.writers import check_zip, expected_masks, mask_png_bytes, write_submission_zip
+from metrics.ytvos import score_predictions
 
 TEST_JSON_HINT = ("the Ref-YouTube-VOS download's meta_expressions/test/meta_expressions.json; ReferFormer issue #6 "
                   "links it")
@@ -52,7 +52,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_predictor(args: argparse.Namespace):
     """The ``Predictor`` that ``add_model_arguments``' flags describe."""
-    from models.predictor import Predictor  # torch and the model only for the modes that run it
+    from inference.predictor import Predictor  # torch and the model only for the modes that run it
 
     cfg = load_config(args.config) if args.config else None
     return Predictor.load(args.checkpoint, args.weights, cfg, args.device, args.amp)

@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BUSY_LOOP = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
 # main.py with the governor replaced by one that never changes the thread count.
-FIXED_THREADS = ("import sys; sys.path.insert(0, {repo!r}); import engine\n"
+FIXED_THREADS = ("import sys; import engine\n"
                  "class Fixed:\n    def update(self):\n        return None\n"
                  "engine.ThreadGovernor = Fixed\nimport main; sys.exit(main.main(sys.argv[1:]))\n")
 
@@ -38,8 +38,7 @@ def train(mode: str, weights: Path, data: Path, out: Path, steps: int) -> Path:
     args = ["--config", "configs/refshapes_tiny.yaml", "--data_root", str(data), "--weights", str(weights),
             "--output_dir", str(out), "--max_steps", str(steps), "--device", "cpu",
             "--set", "train.log_every=5", "--set", f"train.checkpoint_every={steps + 1}"]
-    launcher = [sys.executable, "main.py"] if mode == "governor" else [sys.executable, "-c",
-                                                                      FIXED_THREADS.format(repo=str(REPO))]
+    launcher = [sys.executable, "main.py"] if mode == "governor" else [sys.executable, "-c", FIXED_THREADS]
     subprocess.run(launcher + args, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return out / "log.jsonl"
 
@@ -50,9 +49,8 @@ def main() -> None:
     parser.add_argument("--competitor_nice", type=int, default=0, help="nice value of the competing busy loop")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on the last line")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     from datasets.refshapes import generate_refshapes
-    from models.tiny_weights import build_tiny_weights
+    from testing.tiny_weights import build_tiny_weights
 
     results: dict[str, dict[str, float]] = {"governor": {}, "fixed": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 
 Builds a synthetic DAVIS-like set (moving ellipses, a void band, proposals that are jittered copies of the
 objects with permuted ids), scores it with the official toolkit's algorithm one pair and one frame at a time
-(``benchmarks/davis_reference_loop.py``) and with ``util/davis_eval.py``, checks that every global number agrees,
+(``testing/davis_reference_loop.py``) and with ``metrics/davis.py``, checks that every global number agrees,
 and prints the speed ratio of the metric computation (both sides get the same in-memory label maps). It also
 writes the set as PNG folders and times ``evaluate_davis_unsupervised`` end to end, PNG reading included.
 
@@ -14,7 +14,6 @@ machine disturbs far less than wall time (both are printed).
 """
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,11 +21,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.davis_reference_loop import evaluate_loop  # noqa: E402
-from benchmarks.timing import timed  # noqa: E402
-from util.davis_eval import evaluate_davis_unsupervised, match_video, summarize  # noqa: E402
+from testing.davis_reference_loop import evaluate_loop
+from benchmarks.timing import timed
+from metrics.davis import evaluate_davis_unsupervised, match_video, summarize
 
 GLOBAL_KEYS = ("J", "F", "JF", "J_recall", "J_decay", "F_recall", "F_decay")
 
@@ -119,7 +117,7 @@ def main() -> None:
           f"{args.proposals} proposals")
     print("                                          CPU s    wall s")
     print(f"frame-by-frame loop (toolkit algorithm): {loop_s:7.2f}  {loop_wall:7.2f}")
-    print(f"util.davis_eval (same label maps):       {ours_s:7.2f}  {ours_wall:7.2f}   "
+    print(f"metrics.davis (same label maps):       {ours_s:7.2f}  {ours_wall:7.2f}   "
           f"speed-up x{loop_s / ours_s:.1f} (CPU), x{loop_wall / ours_wall:.1f} (wall)")
     print(f"evaluate_davis_unsupervised from PNGs:   {files_s:7.2f}  {files_wall:7.2f}   (PNG reading included)")
     print("           " + "  ".join(f"{k:>9}" for k in GLOBAL_KEYS))

@@ -23,18 +23,17 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the repository root, for `models`
 
-from benchmarks.fps_protocol import protocol_fps  # noqa: E402
-from benchmarks.full_size import build_random_model, model_config  # noqa: E402
-from datasets import load_frames, read_meta_expressions  # noqa: E402
-from datasets.refshapes import generate_refshapes  # noqa: E402
-from models import build_model  # noqa: E402
-from models.predictor import Predictor  # noqa: E402
-from models.pretrained import load_pretrained  # noqa: E402
-from models.tiny_weights import build_tiny_weights  # noqa: E402
-from util.config import load_config  # noqa: E402
-from util.nested_tensor import nested_tensor_from_videos  # noqa: E402
+from benchmarks.fps_protocol import protocol_fps
+from benchmarks.full_size import build_random_model, model_config
+from datasets import load_frames, read_meta_expressions
+from datasets.refshapes import generate_refshapes
+from models import build_model
+from inference.predictor import Predictor
+from models.pretrained import load_pretrained
+from testing.tiny_weights import build_tiny_weights
+from util.config import load_config
+from util.nested_tensor import nested_tensor_from_videos
 
 TINY_CONFIG = REPO / "configs" / "refshapes_tiny.yaml"
 AMP_DTYPES = {"none": "float32", "bf16": "bfloat16"}

@@ -18,17 +18,14 @@ phase, and on CUDA also ``torch.cuda.max_memory_allocated``.
 """
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `models`
 
-from benchmarks.full_size import (DTYPES, GB, autocast, build_random_model, model_config, peak_rss_gb,  # noqa: E402
+from benchmarks.full_size import (DTYPES, GB, autocast, build_random_model, model_config, peak_rss_gb,
                                   synthetic_clip, trainable_parameters, training_step)
-from models.pretrained import parameter_counts  # noqa: E402
+from models.pretrained import parameter_counts
 
 
 def parse_args(argv=None) -> argparse.Namespace:

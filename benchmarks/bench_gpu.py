@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import socket
-import sys
 import tempfile
 import time
 import traceback
@@ -45,16 +44,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `models`
 
-from benchmarks.bench_msda import make_inputs, median_ms, time_backward, with_backend  # noqa: E402
-from benchmarks.fps_protocol import protocol_fps, protocol_probabilities, synchronize, timed  # noqa: E402
-from benchmarks.full_size import (CAPTIONS, GB, REPO, build_random_model, load_tokenizers,  # noqa: E402
+from benchmarks.bench_msda import make_inputs, median_ms, time_backward, with_backend
+from benchmarks.fps_protocol import protocol_fps, protocol_probabilities, synchronize, timed
+from benchmarks.full_size import (CAPTIONS, GB, REPO, build_random_model, load_tokenizers,
                                   model_config, peak_rss_gb, synthetic_clip, trainable_parameters, training_step)
-from models.ops import kernels, ms_deform_attn_pytorch  # noqa: E402
-from models.pretrained import read_component_configs  # noqa: E402
-from models.tiny_weights import build_tiny_weights  # noqa: E402
-from util.nested_tensor import NestedTensor  # noqa: E402
+from models.ops import kernels, ms_deform_attn_pytorch
+from models.pretrained import read_component_configs
+from testing.tiny_weights import build_tiny_weights
+from util.nested_tensor import NestedTensor
 
 SECTIONS = ("msda", "fps", "sentences", "train", "ddp")
 THRESHOLD = 0.5

@@ -37,15 +37,14 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from benchmarks.timing import timed  # noqa: E402
-from datasets.refshapes import generate_refshapes  # noqa: E402
-from models import build_model  # noqa: E402
-from models.predictor import Predictor  # noqa: E402
-from models.pretrained import load_pretrained  # noqa: E402
-from models.tiny_weights import build_tiny_weights  # noqa: E402
-from util.config import load_config  # noqa: E402
+from benchmarks.timing import timed
+from datasets.refshapes import generate_refshapes
+from models import build_model
+from inference.predictor import Predictor
+from models.pretrained import load_pretrained
+from testing.tiny_weights import build_tiny_weights
+from util.config import load_config
 
 CONFIG = REPO / "configs" / "refshapes_tiny.yaml"
 AGREEMENT_TOLERANCE = 1e-4  # shared and naive batch the captions differently: float rounding only

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the repository root, for `models`
 
 CONFIG = REPO / "configs" / "refshapes_tiny.yaml"
 SENTENCE = "the white square moving right"
@@ -55,10 +54,10 @@ def measure(video: Path, weights: Path, clip_len: int, overlap: int) -> dict:
     import torch
 
     from models import build_model
-    from models.predictor import Predictor
+    from inference.predictor import Predictor
     from models.pretrained import load_pretrained
     from util.config import load_config
-    from util.submission import mask_png_bytes
+    from inference.writers import mask_png_bytes
     from util.video_io import open_video
 
     torch.manual_seed(0)
@@ -108,7 +107,7 @@ def main(argv=None) -> int:
     if args.measure:
         print(json.dumps(measure(args.measure, args.weights, args.clip_len, args.overlap)))
         return 0
-    from models.tiny_weights import build_tiny_weights
+    from testing.tiny_weights import build_tiny_weights
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

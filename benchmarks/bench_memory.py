@@ -31,7 +31,6 @@ at a few hundred MB per frame batch before the UNet runs). Measured numbers need
 """
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -39,14 +38,13 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from models import build_model  # noqa: E402
-from models.backbone.visual_backbone import BackboneOutput, resize_mask  # noqa: E402
-from models.pretrained import build_pretrained_on_meta, load_pretrained  # noqa: E402
-from models.tiny_weights import build_tiny_weights  # noqa: E402
-from util.config import load_config  # noqa: E402
-from util.nested_tensor import NestedTensor  # noqa: E402
+from models import build_model
+from models.backbone.visual_backbone import BackboneOutput, resize_mask
+from models.pretrained import build_pretrained_on_meta, load_pretrained
+from testing.tiny_weights import build_tiny_weights
+from util.config import load_config
+from util.nested_tensor import NestedTensor
 
 CONFIG = REPO / "configs" / "ytvos_hcd.yaml"
 GB = 2 ** 30

@@ -1,10 +1,10 @@
-"""Speed and agreement of the MeViS scorer (util/mevis_score.py) against a loop of the official eval_mevis.py.
+"""Speed and agreement of the MeViS scorer (metrics/mevis.py) against a loop of the official eval_mevis.py.
 
 Builds a synthetic valid_u-like split on disk (irregular objects of 0.5-8 % of the frame moving across it and
 sometimes out of it, some frames empty, expressions of one to three objects, perturbed predictions as 0/255 PNGs),
 then scores it twice from the same files: with the official per-expression algorithm, one frame at a time and in
-one process (``tests/mevis_reference_loop.py``; the official script spreads the same work over 64 processes), and
-with ``util.mevis_score.score_mevis``. Both read the jsons and the PNGs. It checks that every per-expression J and
+one process (``testing/mevis_reference_loop.py``; the official script spreads the same work over 64 processes), and
+with ``metrics.mevis.score_mevis``. Both read the jsons and the PNGs. It checks that every per-expression J and
 F agrees and prints the speed ratio.
 
 OpenCV runs single-threaded on both sides, and the ratio is taken on process CPU time, which a busy shared machine
@@ -15,7 +15,6 @@ disturbs far less than wall time (both are printed).
 """
 import argparse
 import json
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,12 +22,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import timed  # noqa: E402
-from tests.mevis_reference_loop import evaluate_mevis_loop  # noqa: E402
-from tests.mevis_tree import object_masks, perturbed, write_predictions, write_split  # noqa: E402
-from util.mevis_score import score_mevis  # noqa: E402
+from benchmarks.timing import timed
+from testing.mevis_reference_loop import evaluate_mevis_loop
+from testing.mevis_tree import object_masks, perturbed, write_predictions, write_split
+from metrics.mevis import score_mevis
 
 
 def synthetic_split(rng: np.random.Generator, root: Path, pred_dir: Path, args: argparse.Namespace) -> None:
@@ -92,7 +90,7 @@ def main() -> None:
     if max_abs_diff > 1e-9:
         raise SystemExit(f"the scorers disagree by {max_abs_diff:.3g} (> 1e-9)")
     rows = [("official algorithm, one expression a time", loop_s, loop_wall),
-            ("util.mevis_score.score_mevis", ours_s, ours_wall)]
+            ("metrics.mevis.score_mevis", ours_s, ours_wall)]
     print(f"{args.videos} videos x {args.frames} frames x {args.height}x{args.width}, {args.objects} objects and "
           f"{args.expressions} expressions a video ({expression_frames} expression-frames)")
     print(f"{'':44}CPU s    wall s")

@@ -11,17 +11,14 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `models`
 
-from models.ops import ms_deform_attn, ms_deform_attn_grid_sample, ms_deform_attn_pytorch  # noqa: E402
-from models.ops.ms_deform_attn_function import BACKEND_ENV, selected_backend  # noqa: E402
-from models.ops.kernels import cpu_kernel, cuda_kernel, triton_module, triton_works_on  # noqa: E402
+from models.ops import ms_deform_attn, ms_deform_attn_grid_sample, ms_deform_attn_pytorch
+from models.ops.ms_deform_attn_function import BACKEND_ENV, selected_backend
+from models.ops.kernels import cpu_kernel, cuda_kernel, triton_module, triton_works_on
 
 LEVELS = [(45, 80), (23, 40), (12, 20), (6, 10)]
 FRAMES, HEADS, CHANNELS, POINTS = 5, 8, 32, 4

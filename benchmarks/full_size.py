@@ -4,7 +4,7 @@
 d_model 256, LoRA on the UNet) over the pretrained components of ``configs/pretrained`` (UNet3D 1.41 B,
 CLIP-ViT-H/14 vision, the ModelScope OpenCLIP-H text encoder, RoBERTa-base, the SD VAE) with random weights: no
 download. The tokenizers are the real CLIP BPE and the small RoBERTa BPE of the tiny offline set
-(``models.tiny_weights``), whose ids all fall inside the full-size vocabularies.
+(``testing.tiny_weights``), whose ids all fall inside the full-size vocabularies.
 """
 import contextlib
 import copy
@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, CLIPTokenizer
 from engine import to_float32, weighted_losses
 from models import build_model
 from models.pretrained import build_pretrained_from_configs, read_component_configs
-from models.tiny_weights import build_tiny_weights
+from testing.tiny_weights import build_tiny_weights
 from util.config import load_config
 from util.nested_tensor import NestedTensor
 

@@ -51,24 +51,23 @@ from einops import rearrange
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from benchmarks.linear_probe import cosine_within_between, majority_accuracy, probe_accuracy  # noqa: E402
-from benchmarks.probe_labels import (OBJECT_ATTRIBUTES, SENTENCE_ATTRIBUTES, object_labels,  # noqa: E402
+from benchmarks.linear_probe import cosine_within_between, majority_accuracy, probe_accuracy
+from benchmarks.probe_labels import (OBJECT_ATTRIBUTES, SENTENCE_ATTRIBUTES, object_labels,
                                      sentence_labels)
-from datasets.errors import DatasetFormatError  # noqa: E402
-from datasets.ytvos import (absent_object_error, exp_id_order, frame_size, load_frames, load_image,  # noqa: E402
+from datasets.errors import DatasetFormatError
+from datasets.ytvos import (absent_object_error, exp_id_order, frame_size, load_frames, load_image,
                             read_meta_expressions)
-from models import build_model  # noqa: E402
-from models.hcd import best_query  # noqa: E402
-from models.predictor import Predictor, check_sentences  # noqa: E402
-from models.pretrained import load_pretrained  # noqa: E402
-from util.checkpoint import load_checkpoint  # noqa: E402
-from util.cli import exit_on_user_error  # noqa: E402
-from util.config import load_config  # noqa: E402
-from util.cpu_threads import ThreadGovernor  # noqa: E402
-from util.jf_metrics import jaccard  # noqa: E402
-from util.nested_tensor import nested_tensor_from_videos  # noqa: E402
+from models import build_model
+from models.hcd import best_query
+from inference.predictor import Predictor, check_sentences
+from models.pretrained import load_pretrained
+from util.checkpoint import load_checkpoint
+from util.cli import exit_on_user_error
+from util.config import load_config
+from util.cpu_threads import ThreadGovernor
+from metrics.jf import jaccard
+from util.nested_tensor import nested_tensor_from_videos
 
 CONFIG = REPO / "configs" / "refshapes_tiny.yaml"
 SPLITS = ("train", "valid")
@@ -207,7 +206,7 @@ def end_jaccards(outputs: dict, ids: np.ndarray, targets: list[int], resized: tu
 
     outputs: the model's outputs for K captions (``pred_masks`` [K, T, Q, Hp, Wp]); ids: the object ids [T, H, W];
     targets: the K captions' object ids; resized: the (h, w) of the frames before padding. Logits are cropped
-    to ``resized``, upsampled bilinearly to H x W and thresholded as ``models.predictor`` does.
+    to ``resized``, upsampled bilinearly to H x W and thresholded as ``inference.predictor`` does.
     """
     logits = outputs["pred_masks"][..., :resized[0], :resized[1]].float()  # [K, T, Q, h, w]
     probabilities = F.interpolate(logits.flatten(0, 1), size=ids.shape[1:], mode="bilinear",

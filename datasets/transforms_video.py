@@ -22,9 +22,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from util.box_ops import box_xyxy_to_cxcywh, masks_to_boxes
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from util.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 # The paper's second augmentation branch (ReferFormer's make_coco_transforms): resize, crop, resize again.
 CROP_BRANCH_SCALES = (400, 500, 600)

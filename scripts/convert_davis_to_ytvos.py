@@ -8,12 +8,10 @@ Example, with the zips of the MPI site unpacked under data/ref-davis::
 The sources are copied, never moved; the output folder appears only once the conversion is complete.
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: make the repository importable
 
-from datasets.davis import convert_davis_to_ytvos  # noqa: E402
+from datasets.davis import convert_davis_to_ytvos
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -5,13 +5,10 @@ whole archive refused, and a failed extraction leaves the destination as it was 
 Usage (from the repository root): python scripts/extract_archives.py DAVIS-2017-trainval-480p.zip --out data/davis
 """
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/ is not a package
 
-from util.archive import safe_extract  # noqa: E402
-from util.cli import exit_on_user_error  # noqa: E402
+from util.archive import safe_extract
+from util.cli import exit_on_user_error
 
 
 def build_parser() -> argparse.ArgumentParser:

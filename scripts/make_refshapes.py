@@ -11,9 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/ is not a package
 
-from datasets.refshapes import LAYOUTS, MAX_FRAMES, MIN_FRAMES, MIN_SIZE, generate_refshapes  # noqa: E402
+from datasets.refshapes import LAYOUTS, MAX_FRAMES, MIN_FRAMES, MIN_SIZE, generate_refshapes
 
 
 def int_in_range(low: int, high: int | None = None):

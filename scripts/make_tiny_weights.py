@@ -3,12 +3,10 @@
     python scripts/make_tiny_weights.py --out weight_tiny [--seed 0]
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scripts/ is not a package
 
-from models.tiny_weights import build_tiny_weights  # noqa: E402
+from testing.tiny_weights import build_tiny_weights
 
 
 def main() -> None:

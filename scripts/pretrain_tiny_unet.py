@@ -1,4 +1,4 @@
-"""Pretrain the UNet of a tiny weights folder as a text-conditioned video denoiser (see models/unet_pretraining.py).
+"""Pretrain the UNet of a tiny weights folder as a text-conditioned video denoiser (see testing/unet_pretraining.py).
 
     python scripts/pretrain_tiny_unet.py --weights weight_tiny --data_root data/refshapes
 
@@ -10,20 +10,18 @@ each tenth of the run, ``first_loss`` and ``last_loss`` its ends), and a folder 
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel  # noqa: E402
-from transformers import CLIPTextModel, CLIPTokenizer  # noqa: E402
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
 
-from datasets.ytvos import load_frames, read_meta_expressions, sample_clip_indices  # noqa: E402
-from models.unet_pretraining import caption_variants, encode_captions, encode_clips, pretrain_unet  # noqa: E402
-from util.atomic_write import atomic_directory  # noqa: E402
+from datasets.ytvos import load_frames, read_meta_expressions, sample_clip_indices
+from testing.unet_pretraining import caption_variants, encode_captions, encode_clips, pretrain_unet
+from util.atomic_write import atomic_directory
 
 RECORD = "pretraining.json"
 MAX_SKIP = 3  # local frame offsets of a clip, as configs/refshapes_tiny.yaml samples training clips

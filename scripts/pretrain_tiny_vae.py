@@ -1,4 +1,4 @@
-"""Pretrain the VAE of a tiny weights folder on a dataset's training frames (see models/vae_pretraining.py).
+"""Pretrain the VAE of a tiny weights folder on a dataset's training frames (see testing/vae_pretraining.py).
 
     python scripts/pretrain_tiny_vae.py --weights weight_tiny --data_root data/refshapes --steps 300
 
@@ -15,15 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from diffusers import AutoencoderKL  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from diffusers import AutoencoderKL
+from PIL import Image
 
-from models.vae_pretraining import pretrain_vae, reconstruction_psnr, unit_variance_scaling_factor  # noqa: E402
-from util.atomic_write import atomic_directory  # noqa: E402
+from testing.vae_pretraining import pretrain_vae, reconstruction_psnr, unit_variance_scaling_factor
+from util.atomic_write import atomic_directory
 
 RECORD = "pretraining.json"
 SCALE_IMAGES = 64  # training frames whose latents set the scaling factor

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/ is not a package
 
-from util.config import FLAG_TO_KEY, apply_overrides, load_config, parse_assignment  # noqa: E402
+from util.config import FLAG_TO_KEY, apply_overrides, load_config, parse_assignment
 
 
 def yaml_value(text: str):

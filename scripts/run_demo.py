@@ -18,15 +18,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import yaml
+from PIL import Image
 
-from datasets.ytvos import meta_expressions_path, read_meta_json  # noqa: E402
-from util.submission import mask_png_bytes  # noqa: E402
-from util.visualisation import mask_color, overlay_frame  # noqa: E402
+from datasets.ytvos import meta_expressions_path, read_meta_json
+from inference.writers import mask_png_bytes
+from util.visualisation import mask_color, overlay_frame
 
 GIF_SCALE = 2
 # The paper's values of the settings that the demo may change (docs/architecture.md, "Beyond the paper").

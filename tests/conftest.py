@@ -26,7 +26,7 @@ def refshapes_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """The tiny, randomly initialised pretrained folder in the layout of the real ``weight/``."""
-    from models.tiny_weights import build_tiny_weights
+    from testing.tiny_weights import build_tiny_weights
 
     root = tmp_path_factory.mktemp("weights")
     build_tiny_weights(root, seed=0)

@@ -14,7 +14,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 
 import app  # noqa: E402
 from models import build_model  # noqa: E402
-from models.predictor import Predictor  # noqa: E402
+from inference.predictor import Predictor  # noqa: E402
 from models.pretrained import load_pretrained  # noqa: E402
 from util.config import load_config  # noqa: E402
 from util.video_io import Mp4Writer, open_video  # noqa: E402

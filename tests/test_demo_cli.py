@@ -12,7 +12,7 @@ from PIL import Image
 
 import demo
 from models import build_model
-from models.predictor import Predictor
+from inference.predictor import Predictor
 from util.checkpoint import build_checkpoint, save_checkpoint
 from util.config import load_config
 from util.video_io import VideoReadError

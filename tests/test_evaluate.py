@@ -28,7 +28,7 @@ from models import build_model
 from models.pretrained import load_pretrained
 from util.config import load_config
 from util.mask_rle import rle_to_mask
-from util.submission import check_tree, expected_masks
+from inference.writers import check_tree, expected_masks
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "refshapes_tiny.yaml"

@@ -14,7 +14,7 @@ from PIL import Image
 import inference_davis
 from datasets.errors import DatasetFormatError
 from models import build_model
-from models.predictor import Predictor
+from inference.predictor import Predictor
 from models.pretrained import load_pretrained
 from util.config import load_config
 from util.davis_palette import davis_palette, palette_png_bytes

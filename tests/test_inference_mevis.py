@@ -19,13 +19,13 @@ from datasets import load_frames
 from datasets.refshapes import generate_refshapes
 from datasets.ytvos import first_frame_sizes
 from models import build_model
-from models.predictor import Predictor
+from inference.predictor import Predictor
 from models.pretrained import load_pretrained
-from tests.mevis_reference_loop import evaluate_mevis_loop
-from tests.mevis_tree import write_predictions
+from testing.mevis_reference_loop import evaluate_mevis_loop
+from testing.mevis_tree import write_predictions
 from util.config import load_config
 from util.mask_rle import rle_to_mask
-from util.submission import check_zip, expected_masks
+from inference.writers import check_zip, expected_masks
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "refshapes_mevis_tiny.yaml"

@@ -15,10 +15,10 @@ from PIL import Image
 import inference_ytvos
 from datasets import load_frames
 from models import build_model
-from models.predictor import Predictor
+from inference.predictor import Predictor
 from models.pretrained import load_pretrained
 from util.config import load_config, save_config
-from util.submission import mask_png_bytes
+from inference.writers import mask_png_bytes
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "refshapes_tiny.yaml"
 

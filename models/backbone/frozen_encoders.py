@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datasets.transforms_video import IMAGENET_MEAN, IMAGENET_STD  # the normalisation the frames arrive in
+from util.imagenet import IMAGENET_MEAN, IMAGENET_STD  # the normalisation the frames arrive in
 
 # Both the OpenAI CLIP and the laion CLIP-H preprocessors use these constants.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -10,7 +10,7 @@ from datasets import build_dataset
 from datasets.errors import DatasetFormatError
 from datasets.mevis import MeViSClips, MeViSVideos, mevis_version
 from datasets.transforms_video import make_test_transforms
-from tests.mevis_tree import write_split
+from testing.mevis_tree import write_split
 from util.config import load_config
 from util.mask_rle import mask_to_rle
 

@@ -2,7 +2,6 @@
 import json
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -121,7 +120,7 @@ def test_overfitting_one_refshapes_clip(tiny_weights, refshapes_root):
 
 def test_full_size_model_builds_on_meta_with_the_paper_sizes():
     result = subprocess.run(
-        [sys.executable, "-m", "models.summary", "--config", "configs/ytvos_hcd.yaml", "--meta"],
+        [sys.executable, "scripts/model_summary.py", "--config", "configs/ytvos_hcd.yaml", "--meta"],
         cwd=REPO, capture_output=True, text=True, check=True,
     )
     counts = json.loads(result.stdout.strip().splitlines()[-1])

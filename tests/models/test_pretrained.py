@@ -14,7 +14,7 @@ from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPText
 
 from models.pretrained import (MissingWeightsError, build_pretrained_on_meta, check_weights_dir, load_pretrained,
                                parameter_counts)
-from models.tiny_weights import build_tiny_weights
+from testing.tiny_weights import build_tiny_weights
 from tests.scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -1,6 +1,5 @@
 """Training-efficiency options on the tiny HCD: UNet gradient checkpointing, bf16 autocast (``--amp bf16``), frozen
 encoders in bf16, SDPA attention everywhere, and the UNet stem shared by the captions of a clip."""
-import copy
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,7 @@
 """Local J&F of Ref-YouTube-VOS-style predictions against a split that has ground truth.
 
 Scores the tree that ``inference_ytvos.py`` writes (``Annotations/<video>/<exp_id>/<frame>.png``, 0/255 masks)
-the way the Ref-YouTube-VOS server reports it: per expression, J and F (:mod:`util.jf_metrics`, F tolerance
+the way the Ref-YouTube-VOS server reports it: per expression, J and F (:mod:`metrics.jf`, F tolerance
 ``ceil(0.008 * image diagonal)``) averaged over the frames listed in the json; then J, F and J&F averaged over
 expressions. Used for RefShapes' ``valid`` split and for held-out slices of Ref-YouTube-VOS train.
 """
@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.ytvos import meta_expressions_path, read_meta_json
-from util.jf_metrics import boundary_f, jaccard
+from metrics.jf import boundary_f, jaccard
 
 
 def _read_png(path: Path, what: str) -> np.ndarray:

@@ -1,6 +1,6 @@
 """MeViS's valid_u evaluation, one expression and one frame at a time, as the official ``tools/eval_mevis.py`` does.
 
-A reference for ``tests/util/test_mevis_score.py`` and ``benchmarks/bench_mevis_eval.py``, written for this project
+A reference for ``tests/metrics/test_mevis.py`` and ``benchmarks/bench_mevis_eval.py``, written for this project
 from a reading of henghuiding/MeViS ``tools/eval_mevis.py`` and ``tools/metrics.py`` (not their code). Per
 expression, in one process (the official script spreads the expressions over 64 worker processes):
 
@@ -10,7 +10,7 @@ expression, in one process (the official script spreads the expressions over 64 
 - each frame's prediction is ``cv2.imread(..., IMREAD_GRAYSCALE)``;
 - J is ``db_eval_iou(gt, pred).mean()`` and F ``db_eval_boundary(gt, pred).mean()`` with ``bound_th`` 0.008;
   ``metrics.py`` is the davis2017 toolkit's, so its per-frame functions are the ones of
-  ``benchmarks/davis_reference_loop.py`` (no void pixels here);
+  ``testing/davis_reference_loop.py`` (no void pixels here);
 - the result is the mean of J and of F over the expressions, and J&F their mean.
 """
 import json
@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as coco_mask
 
-from benchmarks.davis_reference_loop import frame_iou, video_f
+from testing.davis_reference_loop import frame_iou, video_f
 
 
 def expression_loop(exp_dict: dict, mask_dict: dict, pred_path: Path, video: str, exp_id: str) -> tuple[float, float]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from util.submission import ExpectedMask, check_zip, mask_png_bytes
+from inference.writers import ExpectedMask, check_zip, mask_png_bytes
 
 EXPECTED = [ExpectedMask("v", "0", "00000", (6, 4)), ExpectedMask("v", "0", "00005", (6, 4))]
 

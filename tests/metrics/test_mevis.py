@@ -1,11 +1,11 @@
-"""util/mevis_score.py: hand-computed J and F (empty/empty, one side empty, a union of two objects), a missing video,
+"""metrics/mevis.py: hand-computed J and F (empty/empty, one side empty, a union of two objects), a missing video,
 the release tag, bad predictions, and agreement with a loop of the official eval_mevis.py on irregular masks."""
 import numpy as np
 import pytest
 
-from tests.mevis_reference_loop import evaluate_mevis_loop
-from tests.mevis_tree import object_masks, perturbed, scattered_masks, write_predictions, write_split
-from util.mevis_score import score_mevis
+from testing.mevis_reference_loop import evaluate_mevis_loop
+from testing.mevis_tree import object_masks, perturbed, scattered_masks, write_predictions, write_split
+from metrics.mevis import score_mevis
 
 H, W = 40, 60  # tolerance ceil(0.008 * 72.1) = 1 px
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from models import build_model
-from models.predictor import Predictor
+from inference.predictor import Predictor
 from models.pretrained import load_pretrained
-from tests.test_predictor import SENTENCES, tiny_config
+from tests.inference.test_predictor import SENTENCES, tiny_config
 from util.nested_tensor import NestedTensor
 
 pytestmark = pytest.mark.usefixtures("one_thread")

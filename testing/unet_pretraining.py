@@ -1,6 +1,6 @@
 """Pretraining of the tiny UNet as a text-conditioned video denoiser, the way ModelScope's UNet was trained.
 
-The tiny UNet of ``models/tiny_weights.py`` is random, so its taps (``models/backbone/unet_features.py``) are not
+The tiny UNet of ``testing/tiny_weights.py`` is random, so its taps (``models/backbone/unet_features.py``) are not
 the features of a text-to-video model. This trains it on the latents of the (pretrained) tiny VAE with the DDPM
 objective: noise a clip's latents at a uniformly drawn timestep of the scheduler, condition on the frozen text
 encoder's tokens of a caption of the video (empty for a fraction of the samples, classifier-free-guidance style),

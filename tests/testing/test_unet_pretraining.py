@@ -1,4 +1,4 @@
-"""Pretraining of the tiny UNet as a text-conditioned video denoiser (models/unet_pretraining.py, its script)."""
+"""Pretraining of the tiny UNet as a text-conditioned video denoiser (testing/unet_pretraining.py, its script)."""
 import copy
 import json
 import random
@@ -11,7 +11,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from models.pretrained import load_pretrained
-from models.unet_pretraining import (caption_variants, denoising_loss, encode_captions, encode_clips,
+from testing.unet_pretraining import (caption_variants, denoising_loss, encode_captions, encode_clips,
                                      pretrain_unet, sample_batch)
 from tests.scripts import load_script
 

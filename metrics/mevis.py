@@ -7,7 +7,7 @@ Per expression of ``<gt_root>/<split>/meta_expressions.json``:
 - prediction: ``<pred_dir>/<video>/<exp_id>/<frame>.png`` for every frame of the json, read as 8-bit grayscale
   with OpenCV as the official script reads it; a non-zero pixel is foreground. It must have the ground truth's size;
 - J: IoU per frame, 1 where both masks are empty. F: the DAVIS boundary F-measure with ``bound_th`` 0.008
-  (``util.jf_metrics``, which follows the official ``metrics.py``: the same 1-px boundary map, a
+  (``metrics.jf``, which follows the official ``metrics.py``: the same 1-px boundary map, a
   ``skimage.morphology.disk`` of radius ``ceil(0.008 * diagonal)`` and ``cv2.dilate``). Each is averaged over
   the frames.
 
@@ -15,7 +15,7 @@ J and F are then averaged over the expressions, and J&F is their mean. A video w
 J = F = 0 for each of its expressions, as in the official script, with a warning naming it; a missing PNG inside a
 video folder that exists is an error (the official script stops there too). The official script re-decodes every
 mask and dilates every boundary over the whole frame for each expression; here each object's masks are decoded once
-per video and ``util.jf_metrics`` dilates only around each mask (``benchmarks/bench_mevis_eval.py`` times both).
+per video and ``metrics.jf`` dilates only around each mask (``benchmarks/bench_mevis_eval.py`` times both).
 """
 import warnings
 from pathlib import Path
@@ -27,8 +27,8 @@ from datasets.errors import DatasetFormatError
 from datasets.mevis import (count_expressions, expression_annos, mask_dict_path, meta_path, mevis_version)
 from datasets.mevis_masks import load_mask_store
 from datasets.ytvos import check_video_entry, read_meta_json
-from util.jf_metrics import boundary_f, jaccard
-from util.ytvos_score import summarize
+from metrics.jf import boundary_f, jaccard
+from metrics.ytvos import summarize
 
 
 def read_prediction(pred_dir: Path, video: str, exp_id: str, frames: list[str]) -> np.ndarray:

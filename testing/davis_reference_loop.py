@@ -3,7 +3,7 @@
 A reference for ``benchmarks/bench_eval.py``: it follows the algorithm of
 davisvideochallenge/davis2017-evaluation (``davis2017/metrics.py``, ``utils.py``, ``evaluation.py``) step by step
 -- one (proposal, object) pair at a time, one frame at a time, a 1-px boundary map and two ``cv2.dilate`` calls per
-pair and frame -- so that ``util/davis_eval.py`` can be checked against it and timed against it. Written for this
+pair and frame -- so that ``metrics/davis.py`` can be checked against it and timed against it. Written for this
 project; it is not the toolkit's code.
 
 Input conventions mirrored from the toolkit:

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from util.mask_rle import mask_to_rle
-from util.submission import mask_png_bytes
+from inference.writers import mask_png_bytes
 
 
 def frame_names(num_frames: int) -> list[str]:

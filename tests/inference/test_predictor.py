@@ -1,4 +1,4 @@
-"""The inference API (models/predictor.py): clip windows, preprocessing, shared passes, overlap averaging,
+"""The inference API (inference/predictor.py): clip windows, preprocessing, shared passes, overlap averaging,
 checkpoint and save_pretrained loading."""
 import weakref
 from pathlib import Path
@@ -10,12 +10,12 @@ from PIL import Image
 from torch import nn
 
 from models import build_model
-from models.predictor import Predictor, clip_windows
+from inference.predictor import Predictor, clip_windows
 from models.pretrained import load_pretrained
 from util.checkpoint import CHECKPOINT_KEYS, trainable_state_dict
 from util.config import load_config
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "refshapes_tiny.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "refshapes_tiny.yaml"
 SENTENCES = ["the red circle", "a blue square moving left", "the small green triangle"]
 
 

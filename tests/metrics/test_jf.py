@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from util.jf_metrics import (boundary_f, boundary_map, db_statistics, disk, jaccard, pairwise_jf,
+from metrics.jf import (boundary_f, boundary_map, db_statistics, disk, jaccard, pairwise_jf,
                              tolerance_px)
 
 

@@ -1,6 +1,6 @@
 """Pretraining of the tiny VAE, so that the demo's latents carry the image like a real pretrained VAE's do.
 
-The tiny components of ``models/tiny_weights.py`` are random. A random 4-channel VAE bottleneck at stride 8 keeps
+The tiny components of ``testing/tiny_weights.py`` are random. A random 4-channel VAE bottleneck at stride 8 keeps
 almost nothing of the image (a linear probe recovers about 10 % of the cells' colour variance on RefShapes), so
 nothing downstream of it could learn to tell a red circle from a blue one. The real ``weight/vae`` is an
 autoencoder trained on images; this trains the tiny one the same way (reconstruction + a small KL term, no

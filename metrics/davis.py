@@ -12,7 +12,7 @@ floating-point precision, much faster (see ``benchmarks/bench_eval.py``). The pr
    toolkit.
 3. J and F of every (proposal, object) pair on every frame, the first and last included; the Hungarian
    assignment (``scipy.optimize.linear_sum_assignment``) maximises the sum over pairs of the frame-mean (J + F) / 2.
-4. Per object: mean, recall and decay of its matched J and F (:func:`util.jf_metrics.db_statistics`).
+4. Per object: mean, recall and decay of its matched J and F (:func:`metrics.jf.db_statistics`).
 5. Global J (F) = mean over all objects of all videos of the object means; JF = (J + F) / 2; recalls and decays
    likewise averaged over objects.
 
@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
-from util.jf_metrics import db_statistics, pairwise_jf
+from metrics.jf import db_statistics, pairwise_jf
 
 MAX_PROPOSALS = 20
 VOID_LABEL = 255

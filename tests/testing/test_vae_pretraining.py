@@ -1,4 +1,4 @@
-"""The tiny VAE's reconstruction PSNR and unit-variance scaling factor (models/vae_pretraining.py)."""
+"""The tiny VAE's reconstruction PSNR and unit-variance scaling factor (testing/vae_pretraining.py)."""
 import math
 import random
 from types import SimpleNamespace
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.vae_pretraining import random_crops, reconstruction_psnr, unit_tensor, unit_variance_scaling_factor
+from testing.vae_pretraining import random_crops, reconstruction_psnr, unit_tensor, unit_variance_scaling_factor
 
 
 class StubVAE:

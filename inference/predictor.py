@@ -20,7 +20,6 @@ depends on the clip length and the resolution, not on the length of the video.
 ``save_pretrained`` / ``from_pretrained`` store the resolved config and the trainable weights only
 (``config.yaml`` + ``model.safetensors``); the frozen pretrained components come from the weights folder.
 """
-import copy
 import random
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext

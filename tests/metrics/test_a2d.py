@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from util.a2d_metrics import a2d_metrics, build_coco_ground_truth
+from metrics.a2d import a2d_metrics, build_coco_ground_truth
 from util.mask_rle import mask_to_rle, rle_to_mask
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from util.ytvos_score import score_predictions
+from metrics.ytvos import score_predictions
 
 FRAMES = ["00000", "00005", "00010"]
 H, W = 10, 12
