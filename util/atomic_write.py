@@ -1,16 +1,29 @@
 """Write a file or a folder so that readers see either the old content or the complete new one, never a partial one."""
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-# mkstemp/mkdtemp create files/folders readable by the owner only; give the result the permissions a plain
-# open()/mkdir() would.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def _unique_path(parent: Path, prefix: str, suffix: str, create: Callable[[Path], object]):
+    """``create(path)`` on the first free random name ``<parent>/<prefix><hex><suffix>``; returns its result.
+
+    Unlike tempfile's mkstemp/mkdtemp (owner-only permissions), ``create`` uses the default modes, so the process's
+    umask at the time of the call gives the result the permissions a plain open()/mkdir() would.
+    """
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            return path, create(path)
+        except FileExistsError:
+            continue
+
+
+def _new_file(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
@@ -19,10 +32,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
     If ``write`` raises, the temp file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp, fd = _unique_path(path.parent, f".{path.name}.", ".tmp", _new_file)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -52,14 +64,13 @@ def atomic_directory(target: str | Path, replace: bool = False) -> Iterator[Path
         raise FileExistsError(f"{target} already exists and is not an empty folder; delete it or choose another "
                               f"output folder.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging, _ = _unique_path(target.parent, f".{target.name}.partial-", "", os.mkdir)
     try:
-        staging.chmod(0o777 & ~_UMASK)  # mkdtemp's folder is the owner's only; give it a plain mkdir()'s permissions
         yield staging
         if not target.exists():
             os.replace(staging, target)
         elif replace:
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old, _ = _unique_path(target.parent, f".{target.name}.old-", "", os.mkdir)
             os.replace(target, old / target.name)
             os.replace(staging, target)
             shutil.rmtree(old)

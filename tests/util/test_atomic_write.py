@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from util.atomic_write import atomic_directory, write_folder
+from util.atomic_write import atomic_directory, atomic_write, write_folder
 
 
 def names(folder) -> list[str]:
@@ -61,3 +61,21 @@ def test_an_error_in_the_block_leaves_the_target_as_it_was(tmp_path, replace):
         assert names(target) == ["old.txt"] and names(tmp_path) == ["out"]
     else:
         assert names(tmp_path) == []
+
+
+def test_permissions_follow_the_umask_of_the_moment_and_importing_changes_no_umask(tmp_path):
+    """The umask in force when a file or folder is written decides its mode (a umask read once at import would
+    not), and the module never sets the process's umask."""
+    old = os.umask(0o077)
+    try:
+        atomic_write(tmp_path / "f.bin", lambda f: f.write(b"x"))
+        write_folder(tmp_path / "d", {"x.txt": b"x"})
+        assert os.umask(0o027) == 0o077  # still what this test set
+        atomic_write(tmp_path / "g.bin", lambda f: f.write(b"y"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.bin").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "g.bin").stat().st_mode) == 0o640
+    assert (tmp_path / "f.bin").read_bytes() == b"x"
+    assert names(tmp_path) == ["d", "f.bin", "g.bin"]  # no temp file left
