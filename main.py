@@ -3,6 +3,7 @@
     python main.py --config configs/refshapes_tiny.yaml
     torchrun --nproc_per_node 8 main.py --config configs/ytvos_hcd.yaml --device cuda
     python main.py --resume outputs/demo/last.pth                      # continue that run exactly
+    python main.py --config configs/davis_hcd.yaml --init_from outputs/ytvos_hcd/last.pth   # fine-tune: a new run
     python main.py --eval --resume outputs/demo/last.pth
 
 The YAML config gives every setting and the flags below override single keys (``--set key.sub=value`` for any
@@ -22,6 +23,7 @@ epochs); 1: an error, printed as one line when it is about the input (a missing 
 checkpoint that does not fit).
 """
 import argparse
+import json
 import random
 import signal
 import warnings
@@ -37,9 +39,10 @@ from torch.utils.data import DataLoader
 from datasets import build_dataset
 from engine import AMP_DTYPES, train_one_epoch
 from models import build_model
-from util.checkpoint import (CheckpointError, build_checkpoint, capture_rng_state, epoch_checkpoint_name,
-                             load_checkpoint, load_model_weights, restore_rng_state, save_checkpoint,
-                             step_checkpoint_name)
+from util.atomic_write import atomic_write
+from util.checkpoint import (CheckpointError, InitReport, build_checkpoint, capture_rng_state, epoch_checkpoint_name,
+                             init_model_weights, load_checkpoint, load_model_weights, read_init_weights,
+                             restore_rng_state, save_checkpoint, step_checkpoint_name)
 from util.config import ConfigError, apply_overrides, get_key, load_config, save_config, upgrade_saved_config
 from util.cli import exit_on_user_error
 from util.distributed import (all_gather_objects, any_rank_max, cleanup, epoch_order, init_distributed,
@@ -63,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "scheduler, AMP scaler, RNG streams and position in the epoch are restored, so the "
                              "run goes on as if never stopped (seed, lr, lr_drop, weight_decay cannot change then). "
                              "With --eval: the weights to evaluate")
+    parser.add_argument("--init_from", metavar="CKPT",
+                        help="start a new run (--config; fresh optimizer, schedule and step counter) from the model "
+                             "weights of a main.py checkpoint (.pth) or a Predictor.save_pretrained folder, e.g. "
+                             "fine-tuning on Ref-DAVIS17 from a Ref-YouTube-VOS model; missing and unexpected names "
+                             "are listed, other shapes are an error. Not with --resume")
+    parser.add_argument("--init_skip", action="append", metavar="PATTERN", default=[],
+                        help="with --init_from: leave the parameters whose names match PATTERN (a glob of the name "
+                             "or a module prefix, or a regular expression) at their initialisation, e.g. heads to "
+                             "re-learn; repeatable")
     parser.add_argument("--eval", action="store_true",
                         help="evaluate instead of training (evaluate.run_evaluation) on the config's dataset")
     parser.add_argument("--data_root", help="dataset folder (config key data_root)")
@@ -194,6 +206,7 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank, stop: GracefulSt
     dataset = build_dataset(cfg["dataset"], "train", cfg)  # first: a malformed dataset fails before the model loads
     seed_everything(seed)  # the same initialisation on every rank
     model, criterion = build_model(cfg)
+    init_report = init_from(model, args)
     model.to(device)
     criterion.to(device)
     optimizer, scheduler, scaler = build_optimization(model, train_cfg, device)
@@ -208,6 +221,8 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank, stop: GracefulSt
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "config.yaml")
+        if init_report is not None:
+            save_init_record(output_dir, args, init_report)
         train_log = TrainLog(output_dir, resumed_step=step if checkpoint is not None else None)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"training {trainable:,} parameters on {world_size} process(es), {len(dataset)} clips; "
@@ -272,6 +287,23 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank, stop: GracefulSt
     return 0
 
 
+def init_from(model: torch.nn.Module, args: argparse.Namespace) -> InitReport | None:
+    """Load ``--init_from``'s weights into the fresh ``model`` (``util.checkpoint.init_model_weights``) and print the
+    report on rank 0; None without ``--init_from``."""
+    if args.init_from is None:
+        return None
+    report = init_model_weights(model, read_init_weights(args.init_from), args.init_skip, source=args.init_from)
+    if is_main_process():
+        print(report.summary(args.init_from))
+    return report
+
+
+def save_init_record(output_dir: Path, args: argparse.Namespace, report: InitReport) -> None:
+    """``<output_dir>/init_from.json``: where the run's initial weights came from and what was (not) loaded."""
+    record = {"init_from": str(args.init_from), "init_skip": args.init_skip, **report.as_dict()}
+    atomic_write(output_dir / "init_from.json", lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))
+
+
 def evaluate(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> int:
     # Imported here so that training does not depend on the evaluation code and its extra packages.
     from evaluate import run_evaluation
@@ -282,6 +314,7 @@ def evaluate(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> in
         model, _ = build_model(cfg)
         if checkpoint is not None:
             load_model_weights(model, checkpoint["model"])
+        init_from(model, args)
         model.to(torch.device("cuda", local_rank) if args.device == "cuda" else torch.device("cpu"))
         model.eval()
         run_evaluation(model, cfg, args)
@@ -297,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     if (args.config is None) == (args.resume is None):
         parser.error("give exactly one of --config (a new run; with --eval: an untrained model) and --resume (a "
                      "saved run and its config; override keys with flags or --set)")
+    if args.init_from is not None and args.resume is not None:
+        parser.error("--init_from starts a new run (with --config) from a model's weights, --resume continues a "
+                     "saved run with its optimizer and step counter: give one of them")
+    if args.init_skip and args.init_from is None:
+        parser.error("--init_skip needs --init_from (the weights to skip parameters of)")
     cfg, checkpoint = resolve_config(args)
     if args.eval:
         return evaluate(args, cfg, checkpoint)

@@ -5,7 +5,8 @@
 #   launch_training NAME GPUS DATA_ROOT FLAGS...
 #                       torchrun main.py on configs/NAME.yaml (or RESUME), output outputs/NAME; the environment's
 #                       GPUS, OUTPUT_DIR, WEIGHTS, DATA_ROOT, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT override
-#                       the defaults; then show_config and finish
+#                       the defaults; INIT_FROM (a checkpoint or save_pretrained folder) starts the new run from its
+#                       weights (--init_from; not with RESUME); then show_config and finish
 #   launch_inference ENTRY NAME DATA_ROOT FLAGS...
 #                       $PYTHON ENTRY on outputs/NAME/last.pth, writing outputs/NAME/valid; the environment's
 #                       CHECKPOINT, WEIGHTS, DATA_ROOT, OUTPUT_DIR, DEVICE override the defaults; then show_config
@@ -38,10 +39,17 @@ launch_training() {
     local name=$1 gpus=$2 data_root=$3
     shift 3
     local start args
+    if [ -n "${RESUME:-}" ] && [ -n "${INIT_FROM:-}" ]; then
+        echo "error: RESUME continues a saved run, INIT_FROM starts a new one from a model's weights: set one" >&2
+        return 2
+    fi
     if [ -n "${RESUME:-}" ]; then
         start=(--resume "$RESUME")
     else
         start=(--config "configs/$name.yaml")
+    fi
+    if [ -n "${INIT_FROM:-}" ]; then
+        start+=(--init_from "$INIT_FROM")
     fi
     args=("${start[@]}" --output_dir "${OUTPUT_DIR:-outputs/$name}" --weights "${WEIGHTS:-weight}"
           --data_root "${DATA_ROOT:-$data_root}" "$@")

@@ -13,9 +13,17 @@ A checkpoint is a ``.pth`` dict (``CHECKPOINT_KEYS``):
 
 Everything is plain Python types and tensors, so ``torch.load(..., weights_only=True)`` reads it.
 Files are written atomically; ``last.pth`` is a copy of the newest one.
+
+Starting a *new* run from the weights of another (``main.py --init_from``, fine-tuning): ``read_init_weights``
+reads the trainable weights of a checkpoint or a ``save_pretrained`` folder and ``init_model_weights`` copies them
+into a model, leniently about names (missing and unexpected ones are reported, not fatal) and strictly about
+shapes (one error listing every mismatch); ``skip`` patterns leave chosen parameters at their fresh initialisation.
 """
+import fnmatch
 import random
+import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +161,95 @@ def load_checkpoint(path: str | Path) -> dict:
     if absent:
         raise CheckpointError(f"{path} is not a training checkpoint of main.py: it lacks {absent}")
     return checkpoint
+
+
+# ----------------------------------------------------------------------------- new runs from trained weights
+
+PRETRAINED_WEIGHTS_FILE = "model.safetensors"  # of a Predictor.save_pretrained folder (beside config.yaml)
+
+
+def read_init_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The trainable weights stored in ``path``: a ``main.py`` checkpoint (.pth) or a ``save_pretrained`` folder
+    (its ``model.safetensors``), on the CPU."""
+    path = Path(path)
+    if path.is_dir():
+        weights = path / PRETRAINED_WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} is missing: {path} must be a folder written by "
+                                    f"Predictor.save_pretrained (config.yaml + {PRETRAINED_WEIGHTS_FILE}) or a .pth "
+                                    "checkpoint of main.py")
+        from safetensors.torch import load_file  # only when a folder is read
+
+        return load_file(weights)
+    return load_checkpoint(path)["model"]
+
+
+def matches_pattern(name: str, pattern: str) -> bool:
+    """Whether parameter ``name`` matches ``pattern``: as a glob of the whole name or of a module prefix
+    (``class_embed`` and ``class_embed*`` match ``class_embed.0.weight``), or as a regular expression matching
+    the whole name (``.*bbox_embed\\.\\d+\\.layers\\.2\\..*``)."""
+    if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*"):
+        return True
+    try:
+        return re.fullmatch(pattern, name) is not None
+    except re.error:
+        return False
+
+
+@dataclass
+class InitReport:
+    """What ``init_model_weights`` did, each a sorted list of state-dict names."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # trainable in the model, not in the weights: kept fresh
+    unexpected: list[str] = field(default_factory=list)  # in the weights, not trainable in the model: ignored
+    skipped: list[str] = field(default_factory=list)  # matched by a skip pattern: kept fresh
+
+    def summary(self, source: str | Path) -> str:
+        lines = [f"initialised {len(self.loaded)} trainable tensors from {source}"]
+        for title, items in (("skipped (--init_skip), left at their initialisation", self.skipped),
+                             ("missing from the weights, left at their initialisation", self.missing),
+                             ("unexpected (not trainable in this model), ignored", self.unexpected)):
+            if items:
+                lines.append(_listing(title, items))
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"loaded": self.loaded, "missing": self.missing, "unexpected": self.unexpected,
+                "skipped": self.skipped}
+
+
+def init_model_weights(model: nn.Module, state: dict[str, torch.Tensor], skip: list[str] | tuple = (),
+                       source: str | Path = "the weights") -> InitReport:
+    """Copy the trained weights ``state`` into the trainable subset of ``model`` (a new run's initialisation).
+
+    Names that ``model`` has and ``state`` lacks keep their fresh values (``missing``); names of ``state`` that are
+    not trainable in ``model`` are ignored (``unexpected``); names matching a ``skip`` pattern (``matches_pattern``)
+    on either side are left out (``skipped``). Raises ``CheckpointError``, before changing anything, when a shared
+    name has another shape (every such name with both shapes: the weights come from another config, e.g. another
+    ``hidden_dim`` or ``num_queries``), when a skip pattern matches no name, or when no tensor would be loaded.
+    """
+    expected = _trainable_entries(model)
+    skip = list(skip)
+    names = expected.keys() | state.keys()
+    skipped = {name for name in names if any(matches_pattern(name, pattern) for pattern in skip)}
+    unused = [pattern for pattern in skip if not any(matches_pattern(name, pattern) for name in names)]
+    if unused:
+        raise CheckpointError(f"--init_skip pattern(s) {unused} match no parameter of the model or of {source} "
+                              "(a glob such as 'class_embed*' or a regular expression over names like "
+                              f"{sorted(expected)[:3]})")
+    shared = sorted((expected.keys() & state.keys()) - skipped)
+    misshaped = [f"{name}: {source} {tuple(state[name].shape)}, model {tuple(expected[name].shape)}"
+                 for name in shared if state[name].shape != expected[name].shape]
+    if misshaped:
+        raise CheckpointError(
+            f"{source} does not fit this model: {len(misshaped)} tensor(s) have other shapes (trained with another "
+            "config, e.g. model.hidden_dim or model.num_queries?); use the same model config, or leave them out "
+            "with --init_skip PATTERN to re-learn them:\n" + _listing("shape mismatch", misshaped, limit=50))
+    if not shared:
+        raise CheckpointError(f"no trainable tensor of this model is in {source} (none of its "
+                              f"{len(state)} names matches one of the model's {len(expected)})")
+    model.load_state_dict({name: state[name] for name in shared}, strict=False)
+    return InitReport(loaded=shared, missing=sorted(expected.keys() - state.keys() - skipped),
+                      unexpected=sorted(state.keys() - expected.keys() - skipped),
+                      skipped=sorted(skipped))
