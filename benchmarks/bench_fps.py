@@ -1,7 +1,7 @@
 """Frames per second of Ref-YouTube-VOS-style inference, by ReferDINO's protocol (``benchmarks/fps_protocol.py``).
 
     python benchmarks/bench_fps.py --json                              # the tiny model on the CPU
-    python benchmarks/bench_fps.py --full-size --amp bf16 --device cuda --size 720 --json   # the paper's model
+    python benchmarks/bench_fps.py --full_size --amp bf16 --device cuda --size 720 --json   # the paper's model
     # last line: {"fps": ..., "frames": ..., "seconds": ..., ...}
 
 A RefShapes valid split (--videos videos of --frames frames of --size x --size pixels, in the Ref-YouTube-VOS
@@ -10,7 +10,7 @@ preprocessed like the evaluation data (short side ``data.test_size``), each expr
 JPEGs and preprocessing are outside the timing; the timed section is the forward (slot selection included),
 cropping, upsampling to the original size and the threshold, synchronised on a GPU. The first expression is a
 warm-up. The model: the tiny offline set's components with ``configs/refshapes_tiny.yaml`` (random weights, or
---checkpoint), or with --full-size the paper's configuration on random full-size components
+--checkpoint), or with --full_size the paper's configuration on random full-size components
 (``benchmarks/full_size.py``), whose frozen parts are held in bf16 under --amp bf16.
 """
 import argparse
@@ -69,14 +69,14 @@ def expressions(predictor: Predictor, data_root: Path):
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
-    parser.add_argument("--full-size", action="store_true",
+    parser.add_argument("--full_size", action="store_true",
                         help="the paper's configuration (configs/ytvos_hcd.yaml) on random full-size components "
                              "instead of the tiny model")
     parser.add_argument("--amp", default="none", choices=sorted(AMP_DTYPES),
-                        help="--full-size: bf16 frozen components and autocast (default none: float32)")
+                        help="--full_size: bf16 frozen components and autocast (default none: float32)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs (default cpu)")
     parser.add_argument("--checkpoint", help="a trained tiny model (main.py .pth or save_pretrained folder) instead "
-                                             "of random weights; not with --full-size")
+                                             "of random weights; not with --full_size")
     parser.add_argument("--weights", type=Path,
                         help="tiny pretrained folder for --checkpoint or the random tiny model (default: built in a "
                              "temporary folder)")
@@ -87,9 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if min(args.videos, args.frames, args.size) < 1:
         parser.error("--videos, --frames and --size must be at least 1")
     if args.full_size and args.checkpoint:
-        parser.error("--checkpoint is a tiny trained model; --full-size times random full-size weights")
+        parser.error("--checkpoint is a tiny trained model; --full_size times random full-size weights")
     if args.amp != "none" and not args.full_size:
-        parser.error("--amp bf16 is for --full-size (the tiny model runs in float32)")
+        parser.error("--amp bf16 is for --full_size (the tiny model runs in float32)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here (torch.cuda.is_available() is False)")
     return args

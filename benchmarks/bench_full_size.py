@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=2, help="frames of the clip (default 2)")
     parser.add_argument("--size", type=int, default=256, help="side of the square frames, a multiple of 32 "
                                                               "(default 256)")
-    parser.add_argument("--gradient-checkpointing", action="store_true",
+    parser.add_argument("--gradient_checkpointing", action="store_true",
                         help="recompute the UNet blocks in the backward pass of the training step")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the figures as the last line")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """One prepared GPU benchmark: the figures that need a GPU, in one run of a few minutes, JSON on the last line.
 
     python benchmarks/bench_gpu.py --json             # a CUDA machine: <= 5 minutes on one H100/H200
-    python benchmarks/bench_gpu.py --dry-run --json   # tiny widths on the CPU: every section runs, nothing rots
+    python benchmarks/bench_gpu.py --dry_run --json   # tiny widths on the CPU: every section runs, nothing rots
 
 The model is the full-size HCD with random weights (``benchmarks/full_size.py``): the pretrained components in
 bf16, the trainable parts in float32, AMP bf16. Sections (``--sections`` picks some; a failing section records
@@ -24,7 +24,7 @@ train      One training step at T = 5, batch 1, 640x384, LoRA r = 16, UNet gradi
 ddp        NCCL on every visible GPU: one DDP step of a small MLP (its gradients must be equal on all ranks) and
            the median all-reduce time of a float32 buffer the size of HCD's trainable parameters.
 
---dry-run runs the same code on the CPU with the tiny offline set's components, ``configs/refshapes_tiny.yaml``,
+--dry_run runs the same code on the CPU with the tiny offline set's components, ``configs/refshapes_tiny.yaml``,
 float32 (bf16 is emulated, hence slow, on most CPUs; the bf16 paths of the model have their own tests),
 3-frame clips of 112x64, one frame for msda (the C++ CPU kernel in the extension's row; Triton needs a GPU), and
 gloo for ddp in one process. Its figures say nothing about a GPU.
@@ -83,7 +83,7 @@ DRY_RUN = Setting(torch.device("cpu"), "float32", REPO / "configs" / "refshapes_
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dry-run", action="store_true",
+    parser.add_argument("--dry_run", action="store_true",
                         help="tiny widths on the CPU instead of the full-size model on the GPU")
     parser.add_argument("--json", action="store_true", help="print one JSON object with every figure as the last line")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="NAME",
@@ -306,7 +306,7 @@ def main(argv=None) -> None:
     setting = DRY_RUN if args.dry_run else GPU
     if setting.device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py: no CUDA device here (torch.cuda.is_available() is False); run it where "
-                         "there is one, or pass --dry-run to check the script on the CPU.")
+                         "there is one, or pass --dry_run to check the script on the CPU.")
     start = time.perf_counter()
     summary = {"dry_run": args.dry_run, **environment(setting), "sections": {}}
     sections = summary["sections"]

@@ -4,7 +4,7 @@ On the tiny model (``configs/refshapes_tiny.yaml``, tiny weights built in a temp
 video (generated in a temporary folder), this benchmark
 
 1. runs ``Predictor.probabilities`` once with K sentences (the shared path: the backbone encodes the clip once,
-   VAE latents, CLIP image tokens and the UNet and TCMR stems, and serves all K captions, ``--captions-per-pass``
+   VAE latents, CLIP image tokens and the UNet and TCMR stems, and serves all K captions, ``--captions_per_pass``
    of them per pass through the caption-dependent part) and K times with one sentence each (the naive
    loop, which re-encodes the clip for every sentence); checks that both give the same probabilities, counts how
    often each per-clip stage ran, splits the time between the caption-independent frozen encoding and the rest,
@@ -171,10 +171,10 @@ def scaling_child(args: argparse.Namespace) -> None:
 
 
 def run_child(args: argparse.Namespace, num_frames: int, weights: Path, video_dir: Path) -> dict:
-    command = [sys.executable, __file__, "--child-frames", str(num_frames), "--weights", str(weights),
-               "--video-dir", str(video_dir), "--size", str(args.size), "--sentences", str(args.sentences),
+    command = [sys.executable, __file__, "--child_frames", str(num_frames), "--weights", str(weights),
+               "--video_dir", str(video_dir), "--size", str(args.size), "--sentences", str(args.sentences),
                "--repeat", str(args.repeat), "--threads", str(args.threads), "--device", args.device,
-               "--captions-per-pass", str(args.captions_per_pass)]
+               "--captions_per_pass", str(args.captions_per_pass)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"the scaling run for T={num_frames} failed:\n{result.stderr[-3000:]}")
@@ -221,18 +221,18 @@ def main() -> None:
                         help="clip lengths T of the scaling table, one fresh subprocess each (default 5 10 20 36)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--captions-per-pass", type=int, default=2, metavar="C",
+    parser.add_argument("--captions_per_pass", type=int, default=2, metavar="C",
                         help="sentences per pass through the caption-dependent part in the shared path "
                              "(Predictor's captions_per_pass; the frames are encoded once either way; default 2)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line at the end")
-    parser.add_argument("--child-frames", type=int, help="internal: measure one clip length T in this process")
-    parser.add_argument("--weights", type=Path, help="internal (with --child-frames): the tiny weights folder")
-    parser.add_argument("--video-dir", type=Path, help="internal (with --child-frames): the RefShapes video folder")
+    parser.add_argument("--child_frames", type=int, help="internal: measure one clip length T in this process")
+    parser.add_argument("--weights", type=Path, help="internal (with --child_frames): the tiny weights folder")
+    parser.add_argument("--video_dir", type=Path, help="internal (with --child_frames): the RefShapes video folder")
     args = parser.parse_args()
     if args.repeat < 1 or args.frames < 2 or args.threads < 1 or args.captions_per_pass < 1:
-        parser.error("--repeat, --threads and --captions-per-pass must be >= 1 and --frames >= 2")
+        parser.error("--repeat, --threads and --captions_per_pass must be >= 1 and --frames >= 2")
     torch.set_num_threads(args.threads)
     if args.child_frames is not None:
         scaling_child(args)

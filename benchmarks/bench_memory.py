@@ -1,7 +1,7 @@
 """Estimated GPU training memory of the full-size HCD (no GPU and no weights needed).
 
-    python benchmarks/bench_memory.py --estimate           # T = 5, batch 1, 384x640 (360p padded), LoRA r = 16
-    python benchmarks/bench_memory.py --estimate --json    # last line: {"total_gb": {...}, ...}
+    python benchmarks/bench_memory.py                      # T = 5, batch 1, 384x640 (360p padded), LoRA r = 16
+    python benchmarks/bench_memory.py --json               # last line: {"total_gb": {...}, ...}
 
 Method (every number is printed):
 
@@ -176,16 +176,12 @@ def estimate(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--estimate", action="store_true", help="estimate the full-size training memory (required: "
-                                                                "the only mode, no GPU measurement here)")
     parser.add_argument("--frames", type=int, default=5, help="frames per clip T (default 5)")
     parser.add_argument("--height", type=int, default=384, help="padded frame height (default 384: 360p padded)")
     parser.add_argument("--width", type=int, default=640, help="padded frame width (default 640)")
     parser.add_argument("--lora_rank", type=int, default=16, help="UNet LoRA rank (default 16)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON line at the end")
     args = parser.parse_args()
-    if not args.estimate:
-        parser.error("pass --estimate (measuring needs a GPU, which this benchmark does not assume)")
     if args.height % 32 or args.width % 32:
         parser.error("--height and --width must be multiples of 32 (the padded size)")
 

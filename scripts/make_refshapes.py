@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="output folder; must not exist or be empty (it is written atomically)")
     parser.add_argument("--videos", type=int_in_range(1), default=200,
                         help="number of training videos (default: 200)")
-    parser.add_argument("--valid-videos", type=int_in_range(0), default=40,
+    parser.add_argument("--valid_videos", type=int_in_range(0), default=40,
                         help="number of validation videos, ground truth included (default: 40)")
     parser.add_argument("--frames", type=int_in_range(MIN_FRAMES, MAX_FRAMES), default=16,
                         help=f"frames per video, named 00000, 00005, ... (default: 16, at least {MIN_FRAMES})")

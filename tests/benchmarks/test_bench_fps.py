@@ -22,8 +22,8 @@ def test_fps_counts_every_timed_expression_and_ends_with_json(capsys, tmp_path):
 
 
 def test_flags_that_cannot_work_are_refused(capsys):
-    for argv, message in ((["--amp", "bf16"], "is for --full-size"),
-                          (["--full-size", "--checkpoint", "x.pth"], "random full-size weights"),
+    for argv, message in ((["--amp", "bf16"], "is for --full_size"),
+                          (["--full_size", "--checkpoint", "x.pth"], "random full-size weights"),
                           (["--videos", "0"], "at least 1")):
         with pytest.raises(SystemExit):
             bench_fps.parse_args(argv)

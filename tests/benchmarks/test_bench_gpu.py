@@ -1,4 +1,4 @@
-"""bench_gpu.py --dry-run: every section of the prepared GPU benchmark runs on the CPU and reports sane figures."""
+"""bench_gpu.py --dry_run: every section of the prepared GPU benchmark runs on the CPU and reports sane figures."""
 import json
 
 import pytest
@@ -9,7 +9,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_dry_run_runs_every_section_and_ends_with_json(capsys):
-    bench_gpu.main(["--dry-run", "--json", "--repeat", "1", "--videos", "1"])
+    bench_gpu.main(["--dry_run", "--json", "--repeat", "1", "--videos", "1"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     sections = summary["sections"]
     assert summary["dry_run"] and summary["failed_sections"] == [] and set(sections) == set(bench_gpu.SECTIONS)
@@ -25,6 +25,6 @@ def test_dry_run_runs_every_section_and_ends_with_json(capsys):
 
 
 def test_sections_flag_runs_only_the_named_ones(capsys):
-    bench_gpu.main(["--dry-run", "--json", "--repeat", "1", "--sections", "msda"])
+    bench_gpu.main(["--dry_run", "--json", "--repeat", "1", "--sections", "msda"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert list(summary["sections"]) == ["msda"] and "model_build_s" not in summary

@@ -246,9 +246,9 @@ def run_cli(*args) -> subprocess.CompletedProcess:
 
 def test_cli_help_and_small_run_as_a_subprocess(tmp_path):
     help_text = run_cli("--help").stdout
-    for flag in ("--out", "--videos", "--valid-videos", "--frames", "--size", "--seed"):
+    for flag in ("--out", "--videos", "--valid_videos", "--frames", "--size", "--seed"):
         assert flag in help_text
-    done = run_cli("--out", str(tmp_path / "cli"), "--videos", "2", "--valid-videos", "1", "--frames", "3",
+    done = run_cli("--out", str(tmp_path / "cli"), "--videos", "2", "--valid_videos", "1", "--frames", "3",
                    "--size", "32", "--seed", "3")
     assert done.returncode == 0, done.stderr
     assert "2 train + 1 valid videos" in done.stdout

@@ -206,9 +206,15 @@ def test_object_absent_from_clip_is_reanchored(mini_ytvos):
     # obj 2 is absent from frames 0-2; a 2-frame clip anchored at 0 gets re-anchored where it is visible
     dataset = clips(mini_ytvos, num_frames=2)
     cat_items = [i for i, item in enumerate(dataset.items) if item[:2] == ("vid_a", "1")]
+    expected_mask = torch.zeros(H, W, dtype=torch.bool)
+    expected_mask[15:20, 20:30] = True
     for index in cat_items:
-        _, target = dataset[index]
-        assert target["valid"].sum() >= 1
+        frames, target = dataset[index]
+        shown = frame_indices(frames)
+        assert any(i >= 3 for i in shown)  # the clip was moved to where the cat is
+        assert target["valid"].tolist() == [int(i >= 3) for i in shown]  # valid exactly on the cat's frames
+        for i, mask in zip(shown, target["masks"]):
+            assert torch.equal(mask.bool(), expected_mask if i >= 3 else torch.zeros_like(expected_mask))
 
 
 def test_whole_video_items_with_ground_truth(mini_ytvos):

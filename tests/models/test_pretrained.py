@@ -208,10 +208,17 @@ def test_missing_files_are_all_listed_with_their_download_commands(tiny_weights,
 
 
 def test_pytorch_bin_weights_are_accepted_in_place_of_safetensors(tiny_weights, tmp_path):
+    """RoBERTa stored as pytorch_model.bin (older downloads) passes the check and loads to the same weights."""
     weights = linked_copy(tiny_weights, tmp_path / "weight")
+    reference = load_pretrained(tiny_weights).roberta.state_dict()
     (weights / "roberta" / "model.safetensors").unlink()
-    (weights / "roberta" / "pytorch_model.bin").touch()
+    shifted = {name: tensor + 1.0 if tensor.is_floating_point() else tensor for name, tensor in reference.items()}
+    torch.save(shifted, weights / "roberta" / "pytorch_model.bin")
     check_weights_dir(weights)
+    loaded = load_pretrained(weights).roberta.state_dict()
+    assert loaded.keys() == reference.keys()
+    for name, tensor in shifted.items():  # the .bin's values, not the safetensors' ones
+        assert torch.equal(loaded[name], tensor), name
 
 
 def test_malformed_config_names_the_file(tiny_weights, tmp_path):
