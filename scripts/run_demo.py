@@ -112,7 +112,7 @@ def run_mevis(python: str, args: argparse.Namespace, out: Path, weights: Path) -
     data_root = REPO / f"{args.data_root}_mevis"
     if not (data_root / "valid_u").is_dir():
         run([python, "scripts/make_refshapes.py", "--out", str(data_root), "--videos", str(args.videos),
-             "--valid-videos", str(args.valid_videos), "--seed", str(args.seed), "--format", "mevis"])
+             "--valid_videos", str(args.valid_videos), "--seed", str(args.seed), "--format", "mevis"])
     train_dir = out / "mevis_train"
     train = [python, "main.py", "--max_steps", str(args.mevis_steps), "--device", args.device]
     if (train_dir / "last.pth").is_file():
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--data_root", default="data/refshapes", help="where RefShapes is generated (reused)")
     parser.add_argument("--weights", default="weight_tiny", help="where the tiny weights are written (reused)")
     parser.add_argument("--videos", type=int, default=200, help="RefShapes training videos")
-    parser.add_argument("--valid-videos", type=int, default=40, help="RefShapes valid videos (scored)")
+    parser.add_argument("--valid_videos", type=int, default=40, help="RefShapes valid videos (scored)")
     parser.add_argument("--max_steps", type=int, default=1500, help="optimizer steps of the training run")
     parser.add_argument("--vae_steps", type=int, default=300, help="pretraining steps of the tiny VAE")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train and infer")
@@ -158,7 +158,7 @@ def main() -> None:
     stages.done("tiny_weights")
     if not (data_root / "meta_expressions").is_dir():
         run([python, "scripts/make_refshapes.py", "--out", str(data_root), "--videos", str(args.videos),
-             "--valid-videos", str(args.valid_videos), "--seed", str(args.seed)])
+             "--valid_videos", str(args.valid_videos), "--seed", str(args.seed)])
     stages.done("refshapes")
 
     # The tiny components are random; a real VAE is a trained autoencoder, and the features downstream need one.
