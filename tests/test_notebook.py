@@ -1,4 +1,4 @@
-"""docs/demo.ipynb runs headless on the tiny weights, a checkpoint and RefShapes, and shows what it promises."""
+"""docs/predictor.ipynb runs headless on the tiny weights, a checkpoint and RefShapes, and shows what it promises."""
 import base64
 import io
 import json
@@ -58,7 +58,7 @@ def test_notebook_runs_headless_and_shows_masks(kernel_name, checkpoint, tiny_we
     monkeypatch.setenv("HCD_DATA_ROOT", str(refshapes_root))
     monkeypatch.setenv("HCD_DEVICE", "cpu")
     monkeypatch.delenv("MPLBACKEND", raising=False)
-    notebook = nbformat.read(REPO / "docs" / "demo.ipynb", as_version=4)
+    notebook = nbformat.read(REPO / "docs" / "predictor.ipynb", as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # stored clean
     NotebookClient(notebook, timeout=300, kernel_name=kernel_name,
                    resources={"metadata": {"path": str(REPO / "docs")}}).execute()  # raises on any cell error
