@@ -13,8 +13,10 @@ import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from util.errors import UserInputError
 
-class UnsafeArchiveError(ValueError):
+
+class UnsafeArchiveError(UserInputError):
     """An archive member that would write outside the destination or is not a plain file, folder or safe link."""
 
 
