@@ -1,9 +1,15 @@
-"""Experiment configuration: a YAML file gives the defaults, command-line flags override single keys.
+"""Experiment configuration: YAML files that compose, checked against a schema; command-line flags override keys.
 
 A config is a plain nested ``dict`` (``cfg["train"]["lr"]``). Keys are addressed by dotted paths
-(``"train.lr"``). ``FLAG_TO_KEY`` lists the dedicated flags of ``main.py`` and the key each one sets;
-``--set key.sub=value`` sets any other existing key, the value parsed as YAML (``--set
-train.lr_drop=[3,5]``). The resolved config is saved as ``config.yaml`` beside the checkpoints.
+(``"train.lr"``). A YAML file may start from others: ``_base_: [base/model_paper.yaml, base/loss.yaml]`` (paths
+relative to the file) merges them in order, and the file's own keys then override single keys of theirs (sections
+merge key by key, any other value, a list included, is replaced). ``load_config`` returns the resolved config
+checked against ``util.config_schema``: complete (every key, defaults from the schema filled in), standalone (no
+``_base_``); unknown, missing and mistyped keys are one ``ConfigError`` naming each key and its file.
+
+``FLAG_TO_KEY`` lists the dedicated flags of ``main.py`` and the key each one sets; ``--set key.sub=value`` sets
+any other existing key, the value parsed as YAML (``--set train.lr_drop=[3,5]``); ``apply_overrides`` checks the
+result again. The resolved config is saved as ``config.yaml`` beside the checkpoints.
 """
 import copy
 import re
@@ -12,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from util.atomic_write import atomic_write
+from util.config_schema import ConfigError, validate  # noqa: F401 (ConfigError is used from here)
 
 # Dedicated flag (argparse dest) -> dotted config key. A flag left at None keeps the config's value.
 FLAG_TO_KEY = {
@@ -25,18 +32,22 @@ FLAG_TO_KEY = {
     "amp": "train.amp",
     "checkpoint_every": "train.checkpoint_every",
     "num_workers": "train.num_workers",
+    "max_steps": "train.max_steps",
 }
+BASE_KEY = "_base_"  # the list of files a YAML config starts from
 
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-class ConfigError(ValueError):
-    """A config file or an override that does not fit the config's keys."""
-
-
 def load_config(path: str | Path) -> dict:
-    """The config stored in the YAML file ``path`` (a mapping at the top level)."""
-    path = Path(path)
+    """The resolved config of the YAML file ``path``: its ``_base_`` files merged, then checked and completed
+    (``util.config_schema.validate``)."""
+    raw, origins = compose(Path(path))
+    return validate(raw, f"config file {path}", origins)
+
+
+def read_yaml(path: Path) -> dict:
+    """The mapping stored in the YAML file ``path``."""
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist; pick one of configs/*.yaml")
     with path.open() as f:
@@ -46,20 +57,47 @@ def load_config(path: str | Path) -> dict:
     return cfg
 
 
-# Keys added after runs were saved, with the value that reproduces those runs: a saved config without one of them
-# (a checkpoint's or a save_pretrained folder's) is read as if it had it.
-ADDED_KEYS = {"model.pixel_referring": False, "data.sentences_per_clip": 1}
+def compose(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str, str]]:
+    """``(config, origins)`` of the YAML file ``path`` with its ``_base_`` files merged in, before any check.
+
+    origins: dotted key -> "set in <base file>" for the keys (and sections) that came from a base file.
+    """
+    if path.resolve() in _chain:
+        raise ConfigError(f"config file {path}: its {BASE_KEY} files include it again ({' -> '.join(map(str, _chain))})")
+    own = read_yaml(path)
+    bases = own.pop(BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(f"config file {path}: {BASE_KEY} must be a list of YAML files, got {bases!r}")
+    merged, origins = {}, {}
+    for base in bases:
+        base_cfg, base_origins = compose(path.parent / base, _chain + (path.resolve(),))
+        _merge(merged, base_cfg, origins, "", f"set in {path.parent / base}")
+        origins.update(base_origins)
+    _merge(merged, own, origins, "", None)
+    return merged, origins
 
 
-def upgrade_saved_config(cfg: dict) -> dict:
-    """A copy of a saved run's config with every missing ``ADDED_KEYS`` entry set to its old behaviour."""
-    upgraded = copy.deepcopy(cfg)
-    for key, value in ADDED_KEYS.items():
-        try:
-            get_key(upgraded, key)
-        except ConfigError:
-            set_key(upgraded, key, value, create=True)
-    return upgraded
+def _merge(into: dict, update: dict, origins: dict, prefix: str, origin: str | None) -> None:
+    """Merge ``update`` into ``into`` in place (sections key by key); record each set key's ``origin``
+    (None: the top file, whose keys need no note)."""
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value, origins, dotted + ".", origin)
+            continue
+        into[key] = copy.deepcopy(value)
+        for known in [k for k in origins if k == dotted or k.startswith(dotted + ".")]:
+            del origins[known]
+        if origin is not None:
+            origins[dotted] = origin
+
+
+def upgrade_saved_config(cfg: dict, source: str = "the config saved with the checkpoint") -> dict:
+    """A complete copy of a saved run's config: a key added since it was saved (one with a default in the
+    schema) takes the default, which is its old behaviour; a removed key is dropped."""
+    return validate(cfg, source)
 
 
 def get_key(cfg: dict, key: str):
@@ -107,20 +145,22 @@ def parse_assignment(text: str) -> tuple[str, object]:
 
 def apply_overrides(cfg: dict, args) -> dict:
     """A copy of ``cfg`` with the dedicated flags of ``args`` (``FLAG_TO_KEY``; None = not given) and then
-    its ``--set`` assignments (``args.set``: list of ``key=value`` or None) applied.
+    its ``--set`` assignments (``args.set``: list of ``key=value`` or None) applied, checked against the schema
+    (a mistyped value is a ``ConfigError`` naming its flag).
 
-    Dedicated flags may add their key when the YAML omits it; ``--set`` only changes existing keys, so a
-    typo is an error rather than a silently ignored setting.
+    ``--set`` only changes existing keys, so a typo is an error rather than a silently ignored setting.
     """
-    cfg = copy.deepcopy(cfg)
+    cfg, origins = copy.deepcopy(cfg), {}
     for flag, key in FLAG_TO_KEY.items():
         value = getattr(args, flag, None)
         if value is not None:
             set_key(cfg, key, value, create=True)
+            origins[key] = f"set by --{flag}"
     for assignment in getattr(args, "set", None) or []:
         key, value = parse_assignment(assignment)
         set_key(cfg, key, value)
-    return cfg
+        origins[key] = f"set by --set {assignment}"
+    return validate(cfg, "the config with the command line's overrides", origins)
 
 
 def save_config(cfg: dict, path: str | Path) -> None:
