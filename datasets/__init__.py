@@ -11,19 +11,21 @@ from torch.utils.data import Dataset
 from datasets.a2d import A2DSentences
 from datasets.jhmdb import JHMDBSentences
 from datasets.mevis import MeViSClips, MeViSVideos
+from datasets.refcoco import AffineRange, MixedClips, RefCOCOClips, joint_counts
 from datasets.transforms_video import make_test_transforms, make_train_transforms
 from datasets.ytvos import YTVOSClips, YTVOSVideos, load_frames, read_meta_expressions
 
 __all__ = ["build_dataset", "load_frames", "read_meta_expressions"]
 
-NAMES = ("ytvos", "refshapes", "davis", "a2d", "jhmdb", "mevis")
+NAMES = ("ytvos", "refshapes", "davis", "a2d", "jhmdb", "mevis", "refcoco", "ytvos_refcoco")
 MEVIS_SPLITS = ("train", "valid_u", "valid")
 SPLITS = {"train": "train", "valid": "valid", "val": "valid"}
 
 
 def build_dataset(name: str, split: str, cfg: dict) -> Dataset:
-    """The dataset ``name`` in {ytvos, refshapes, davis, a2d, jhmdb, mevis} for ``split`` "train" or "valid"/"val"
-    (mevis: "train", "valid_u" or "valid", its split folders).
+    """The dataset ``name`` in {ytvos, refshapes, davis, a2d, jhmdb, mevis, refcoco, ytvos_refcoco} for ``split``
+    "train" or "valid"/"val" (mevis: "train", "valid_u" or "valid", its split folders; refcoco and ytvos_refcoco:
+    "train" only, see ``build_refcoco``).
 
     Training splits give augmented clips (``make_train_transforms``); "valid" gives evaluation samples
     with the test transform: whole videos per expression for the Ref-YTVOS layout (ytvos, refshapes and
@@ -36,6 +38,8 @@ def build_dataset(name: str, split: str, cfg: dict) -> Dataset:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
     if name == "mevis":
         return build_mevis(split, cfg)
+    if name in ("refcoco", "ytvos_refcoco"):
+        return build_refcoco(name, split, cfg)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose 'train' or 'valid' (alias 'val')")
     split, root, data = SPLITS[split], cfg["data_root"], cfg["data"]
@@ -72,3 +76,25 @@ def build_mevis(split: str, cfg: dict) -> Dataset:
         return MeViSVideos(root, split, make_test_transforms(data["test_size"], data["max_size"]))
     raise ValueError(f"unknown MeViS split {split!r}; choose one of {', '.join(MEVIS_SPLITS)} (valid_u has ground "
                      "truth, valid is scored by the server)")
+
+
+def build_refcoco(name: str, split: str, cfg: dict) -> Dataset:
+    """RefCOCO-family training pseudo-clips (``refcoco``: the sets ``data.refcoco_sets`` under ``data_root``), or
+    the joint dataset (``ytvos_refcoco``: the Ref-YouTube-VOS clips of ``data_root`` and RefCOCO pseudo-clips of
+    ``data.refcoco_root``, these ``data.refcoco_fraction`` of every epoch). Their evaluation (oIoU / mIoU on the
+    val jsons) is ``evaluate.py``'s, through ``metrics.refcoco``."""
+    if split != "train":
+        raise ValueError(f"{name} gives training clips only; RefCOCO val is scored image by image by main.py --eval "
+                         "(metrics/refcoco.py)")
+    data, seed = cfg["data"], cfg.get("seed", 0)
+    if data["sentences_per_clip"] != 1:
+        raise ValueError(f"{name}: RefCOCO samples have one sentence each; set data.sentences_per_clip: 1")
+    affine = AffineRange(data["affine_degrees"], data["affine_translate"], data["affine_scale"], data["affine_shear"])
+    refcoco_root = cfg["data_root"] if name == "refcoco" else data["refcoco_root"]
+    refcoco = RefCOCOClips(refcoco_root, data["refcoco_sets"], data["num_frames"], make_train_transforms(cfg), affine,
+                           seed)
+    if name == "refcoco":
+        return refcoco
+    ytvos = YTVOSClips(cfg["data_root"], "train", data["num_frames"], data["max_skip"], data["reverse_prob"],
+                       make_train_transforms(cfg), seed)
+    return MixedClips([ytvos, refcoco], joint_counts(len(ytvos), len(refcoco), data["refcoco_fraction"]), seed)

@@ -46,6 +46,18 @@ default layout, which stays byte-identical::
 ``meta_expressions.json``: ``{"videos": {vid: {"expressions": {"0": {"exp", "obj_id": [ids], "anno_id": [ids],
 "kind"}}, "frames": [...]}}}`` (valid: ``exp`` only); ``mask_dict.json``: ``{anno_id: [COCO RLE, or null where
 the object is not visible, per frame]}``, one anno id per object, numbered through the split.
+
+RefCOCO layout (``layout="refcoco"``, ``datasets/refcoco.py``): one frame of each video (its middle one) as a still
+image, in the COCO-format referring json of ReferFormer's RefCOCO release, so that image pretraining runs offline.
+The videos are those of the default layout; the expressions are its single-object ones that a still image can
+resolve (every kind but ``motion``) and whose object is visible in that frame::
+
+    out_dir/train2014/RefShapes_<split>_<index:04d>.jpg            train and valid images
+    out_dir/refcoco/instances_refcoco_{train,val}.json              valid -> val
+
+Each json ``image`` is one (image, sentence) sample (``id``, ``file_name``, ``height``, ``width``, ``caption``,
+``original_id``: the video index, ``kind``), with one ``annotation`` (``image_id``, ``segmentation``: compressed
+RLE, ``bbox`` xywh, ``area``, ``category_id``: the shape, ``iscrowd`` 0).
 """
 import json
 import math
@@ -62,7 +74,7 @@ from util.davis_palette import davis_palette
 from util.mask_rle import mask_to_rle
 
 SPLITS = ("train", "valid")
-LAYOUTS = ("ytvos", "mevis")
+LAYOUTS = ("ytvos", "mevis", "refcoco")
 # RefShapes split -> the MeViS split folders that hold its videos (the first one with masks).
 MEVIS_SPLITS = {"train": ("train",), "valid": ("valid_u", "valid")}
 KINDS = ("appearance", "size", "motion", "position", "relation")
@@ -482,7 +494,7 @@ def generate_refshapes(out_dir, num_videos: int = 200, num_valid_videos: int = 4
     complete or untouched. Raises ValueError for bad arguments and FileExistsError if ``out_dir`` is not empty.
     """
     _check_arguments(num_videos, num_valid_videos, num_frames, size, seed, layout)
-    generate = _generate_split if layout == "ytvos" else _generate_mevis_split
+    generate = {"ytvos": _generate_split, "mevis": _generate_mevis_split, "refcoco": _generate_refcoco_split}[layout]
     with atomic_directory(out_dir) as staging:
         for split, count in zip(SPLITS, (num_videos, num_valid_videos)):
             generate(staging, split, count, num_frames, size, seed)
@@ -552,3 +564,38 @@ def _generate_mevis_split(root: Path, split: str, count: int, num_frames: int, s
     for folder in folders:
         (root / folder / "meta_expressions.json").write_text(json.dumps({"videos": metas[folder]}, indent=1))
     (root / folders[0] / "mask_dict.json").write_text(json.dumps(mask_dict))
+
+
+REFCOCO_SPLITS = {"train": "train", "valid": "val"}  # RefShapes split -> RefCOCO json split
+STILL_KINDS = ("appearance", "size", "position", "relation")  # what a single frame can resolve (not motion)
+
+
+def _generate_refcoco_split(root: Path, split: str, count: int, num_frames: int, size: int, seed: int) -> None:
+    """RefShapes ``split`` as still images in the RefCOCO json layout (module docstring)."""
+    image_dir = root / "train2014"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    frame = num_frames // 2
+    for index in range(count):
+        video = generate_video(video_rng(seed, split, index), num_frames, size)
+        file_name = f"RefShapes_{split}_{index:04d}.jpg"
+        Image.fromarray(video.frames[frame]).save(image_dir / file_name, quality=JPEG_QUALITY)
+        shapes = {obj.obj_id: obj.shape for obj in video.objects}
+        for sentence, obj_id, kind in video.expressions:
+            mask = video.labels[frame] == obj_id
+            if kind not in STILL_KINDS or not mask.any():
+                continue
+            sample_id = len(images)
+            ys, xs = np.nonzero(mask)
+            images.append({"id": sample_id, "file_name": file_name, "height": size, "width": size,
+                           "caption": sentence, "original_id": index, "kind": kind})
+            annotations.append({"id": sample_id, "image_id": sample_id, "segmentation": mask_to_rle(mask),
+                                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                                         int(ys.max() - ys.min() + 1)],
+                                "area": int(mask.sum()), "category_id": SHAPES.index(shapes[obj_id]) + 1,
+                                "iscrowd": 0})
+    json_dir = root / "refcoco"
+    json_dir.mkdir(exist_ok=True)
+    categories = [{"id": i + 1, "name": shape} for i, shape in enumerate(SHAPES)]
+    (json_dir / f"instances_refcoco_{REFCOCO_SPLITS[split]}.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories}))
