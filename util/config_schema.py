@@ -122,6 +122,14 @@ class DataConfig:
     test_size: int
     size_divisibility: int
     sentences_per_clip: int = 1    # expressions of a video trained on the same clip in one step
+    # RefCOCO-family pseudo-videos (datasets/refcoco.py; dataset refcoco, or ytvos_refcoco mixed with Ref-YTVOS)
+    refcoco_sets: Optional[list[str]] = None  # the jsons read; null: refcoco, refcoco+, refcocog
+    refcoco_root: str = "data/coco"           # ytvos_refcoco: the RefCOCO root (data_root is Ref-YTVOS's)
+    refcoco_fraction: float = 0.5             # ytvos_refcoco: share of RefCOCO pseudo-clips in every epoch
+    affine_degrees: float = 10.0              # per-frame warp of a pseudo-clip: rotation in +-degrees,
+    affine_translate: float = 0.1             # translation in +- this fraction of the image side,
+    affine_scale: float = 0.1                 # scale in 1 +- this,
+    affine_shear: float = 5.0                 # horizontal shear in +-degrees
 
 
 @dataclass
