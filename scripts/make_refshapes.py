@@ -3,6 +3,7 @@
 Usage (from the repository root):
     python scripts/make_refshapes.py --out data/refshapes
     python scripts/make_refshapes.py --out data/refshapes_mevis --format mevis    # + multi-object expressions
+    python scripts/make_refshapes.py --out data/refshapes_refcoco --format refcoco  # still images, RefCOCO json
 """
 import argparse
 import json
@@ -49,8 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--format", choices=LAYOUTS, default="ytvos",
                         help="ytvos: the Ref-YouTube-VOS layout (meta_expressions/, Annotations/ PNGs); mevis: the "
                              "MeViS layout (train/, valid_u/ with mask_dict.json, valid/ without masks) with the "
-                             "same videos plus multi-object expressions such as 'the two red circles' (default: "
-                             "ytvos)")
+                             "same videos plus multi-object expressions such as 'the two red circles'; refcoco: "
+                             "the middle frame of each video as a still image in the COCO-format RefCOCO json "
+                             "layout (train2014/, refcoco/instances_refcoco_{train,val}.json) with the expressions "
+                             "a still image resolves, for image pretraining (default: ytvos)")
     return parser.parse_args(argv)
 
 
@@ -63,9 +66,13 @@ def main(argv=None) -> None:
     except FileExistsError as error:
         sys.exit(f"error: {error}")
     elapsed = time.perf_counter() - start
-    train_json = {"ytvos": args.out / "meta_expressions" / "train", "mevis": args.out / "train"}[args.format]
-    meta = json.loads((train_json / "meta_expressions.json").read_text())
-    kinds = Counter(e["kind"] for v in meta["videos"].values() for e in v["expressions"].values())
+    if args.format == "refcoco":
+        train = json.loads((args.out / "refcoco" / "instances_refcoco_train.json").read_text())
+        kinds = Counter(image["kind"] for image in train["images"])
+    else:
+        train_json = {"ytvos": args.out / "meta_expressions" / "train", "mevis": args.out / "train"}[args.format]
+        meta = json.loads((train_json / "meta_expressions.json").read_text())
+        kinds = Counter(e["kind"] for v in meta["videos"].values() for e in v["expressions"].values())
     total = sum(kinds.values())
     shares = ", ".join(f"{kind} {count / total:.0%}" for kind, count in sorted(kinds.items()))
     print(f"RefShapes: {args.videos} train + {args.valid_videos} valid videos of {args.frames} frames at "
