@@ -3,6 +3,7 @@
     python main.py --config configs/refshapes_tiny.yaml
     torchrun --nproc_per_node 8 main.py --config configs/ytvos_hcd.yaml --device cuda
     python main.py --resume outputs/demo/last.pth                      # continue that run exactly
+    python main.py --config configs/refshapes_tiny.yaml --resume outputs/demo/last.pth   # the same
     python main.py --config configs/davis_hcd.yaml --init_from outputs/ytvos_hcd/last.pth   # fine-tune: a new run
     python main.py --eval --resume outputs/demo/last.pth
 
@@ -18,7 +19,8 @@ optimizer step, write ``checkpoint_step<step>.pth`` / ``last.pth`` and exit with
 (143 for SIGTERM, 130 for SIGINT: the run did not finish, so ``train && evaluate`` stops there); a second signal
 stops at once. Every checkpoint is written atomically, so after any crash, ``kill -9`` included, ``--resume
 <output_dir>/last.pth`` continues from the newest complete checkpoint exactly as the uninterrupted run would have
-(the same weights, bit for bit, on the same hardware). Exit status 0: the run finished (``--max_steps`` or all
+(the same weights, bit for bit, on the same hardware), to the same end: ``--max_steps`` is saved with the run as
+``train.max_steps``. Exit status 0: the run finished (``--max_steps`` or all
 epochs); 1: an error, printed as one line when it is about the input (a missing or malformed file, a config or
 checkpoint that does not fit).
 """
@@ -43,7 +45,8 @@ from util.atomic_write import atomic_write
 from util.checkpoint import (CheckpointError, InitReport, build_checkpoint, capture_rng_state, epoch_checkpoint_name,
                              init_model_weights, load_checkpoint, load_model_weights, read_init_weights,
                              restore_rng_state, save_checkpoint, step_checkpoint_name)
-from util.config import ConfigError, apply_overrides, get_key, load_config, save_config, upgrade_saved_config
+from util.config import (ConfigError, apply_overrides, differing_keys, get_key, load_config, save_config,
+                         upgrade_saved_config)
 from util.cli import exit_on_user_error
 from util.distributed import (all_gather_objects, any_rank_max, cleanup, epoch_order, init_distributed,
                               is_main_process)
@@ -59,8 +62,9 @@ RESUME_FIXED_KEYS = ("seed", "train.lr", "train.lr_linear_proj_mult", "train.wei
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config of a new run, giving every setting (configs/*.yaml); not "
-                                         "with --resume, which continues with the config saved in the checkpoint")
+    parser.add_argument("--config", help="YAML config of a new run, giving every setting (configs/*.yaml); with "
+                                         "--resume it must resolve to the config saved in the checkpoint (the "
+                                         "original command line with --resume appended), which the run continues")
     parser.add_argument("--resume", metavar="PATH",
                         help="checkpoint (.pth, e.g. <output_dir>/last.pth) to continue: weights, optimizer, "
                              "scheduler, AMP scaler, RNG streams and position in the epoch are restored, so the "
@@ -84,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="number of epochs to train (train.epochs)")
     parser.add_argument("--max_steps", type=int,
                         help="stop after this many optimizer steps in total, counted across epochs and resumes, "
-                             "and write a checkpoint; a limit of this invocation, not saved in the config "
-                             "(default: run all train.epochs)")
+                             "and write a checkpoint (train.max_steps: saved with the run, so --resume continues to "
+                             "it; default: run all train.epochs)")
     parser.add_argument("--batch_size", type=int, help="clips per process and step (train.batch_size)")
     parser.add_argument("--lr", type=float, help="learning rate of the trainable parameters, used as given for "
                                                  "any number of processes (train.lr)")
@@ -107,13 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> tuple[dict, dict | None]:
-    """The resolved config of this run, and the checkpoint to resume from (or None)."""
-    checkpoint = load_checkpoint(args.resume) if args.resume else None
-    base = upgrade_saved_config(checkpoint["config"]) if checkpoint is not None else load_config(args.config)
+    """The resolved config of this run, and the checkpoint to resume from (or None).
+
+    With ``--resume`` the config is the checkpoint's (``train.max_steps`` included, so the run keeps its plan) with
+    the command's overrides. ``--config`` beside ``--resume`` (the original command line with ``--resume``
+    appended) must resolve, with the same overrides, to that same config; a different one is refused, naming the
+    keys that differ.
+    """
+    if args.resume is None:
+        return apply_overrides(load_config(args.config), args), None
+    checkpoint = load_checkpoint(args.resume)
+    base = upgrade_saved_config(checkpoint["config"], f"the config saved in {args.resume}")
     cfg = apply_overrides(base, args)
-    if "seed" not in cfg:
-        raise ConfigError("the config has no `seed`; add `seed: 42` to the YAML or pass --seed")
-    if checkpoint is not None and not args.eval:
+    if args.config is not None:
+        changed = differing_keys(apply_overrides(load_config(args.config), args), cfg)
+        if changed:
+            raise ConfigError(f"--config {args.config} (with this command's overrides) is not the config of the run "
+                              f"in {args.resume}: they differ in {changed}; resume without --config to continue "
+                              f"that run, or start a new run with a new --output_dir")
+    if not args.eval:
         changed = [key for key in RESUME_FIXED_KEYS if get_key(cfg, key) != get_key(base, key)]
         if changed:
             raise ConfigError(f"--resume continues the saved run, whose optimizer, scheduler and data order fix "
@@ -200,7 +216,7 @@ def train(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> int:
 def _train(args, cfg, checkpoint, rank, world_size, local_rank, stop: GracefulStop) -> int:
     device = torch.device("cuda", local_rank) if args.device == "cuda" else torch.device("cpu")
     train_cfg, seed = cfg["train"], cfg["seed"]
-    batch_size, max_steps = train_cfg["batch_size"], args.max_steps
+    batch_size, max_steps = train_cfg["batch_size"], train_cfg["max_steps"]
     output_dir = Path(cfg["output_dir"])
 
     dataset = build_dataset(cfg["dataset"], "train", cfg)  # first: a malformed dataset fails before the model loads
@@ -327,9 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv``; returns the exit status (module doc)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.config is None) == (args.resume is None):
-        parser.error("give exactly one of --config (a new run; with --eval: an untrained model) and --resume (a "
-                     "saved run and its config; override keys with flags or --set)")
+    if args.config is None and args.resume is None:
+        parser.error("give --config (a new run; with --eval: an untrained model) or --resume (a saved run and its "
+                     "config; override keys with flags or --set), or both (the config must then be the run's)")
     if args.init_from is not None and args.resume is not None:
         parser.error("--init_from starts a new run (with --config) from a model's weights, --resume continues a "
                      "saved run with its optimizer and step counter: give one of them")

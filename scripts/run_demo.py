@@ -20,16 +20,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from datasets.ytvos import meta_expressions_path, read_meta_json
 from inference.writers import mask_png_bytes
+from util.config import get_key, load_config
 from util.visualisation import mask_color, overlay_frame
 
 GIF_SCALE = 2
-# The paper's values of the settings that the demo may change (docs/architecture.md, "Beyond the paper").
-PAPER_SETTINGS = {"model.vl_fusion": False, "model.pixel_referring": False, "data.sentences_per_clip": 1}
+# The settings that the demo may change beyond the paper (docs/architecture.md, "Beyond the paper"); their paper
+# values are those of the paper's configuration.
+BEYOND_PAPER_KEYS = ("model.vl_fusion", "model.pixel_referring", "data.sentences_per_clip")
+PAPER_CONFIG = REPO / "configs" / "ytvos_hcd.yaml"
 
 
 class StageClock:
@@ -47,10 +49,9 @@ class StageClock:
 
 def options_beyond_paper(config_path: Path) -> dict:
     """The settings of the trained run that the paper's model does not have (docs/architecture.md)."""
-    cfg = yaml.safe_load(config_path.read_text())
-    used = {"model.vl_fusion": cfg["model"]["vl_fusion"], "model.pixel_referring": cfg["model"]["pixel_referring"],
-            "data.sentences_per_clip": cfg["data"]["sentences_per_clip"]}
-    return {key: value for key, value in used.items() if value != PAPER_SETTINGS[key]}
+    cfg, paper = load_config(config_path), load_config(PAPER_CONFIG)
+    used = {key: get_key(cfg, key) for key in BEYOND_PAPER_KEYS}
+    return {key: value for key, value in used.items() if value != get_key(paper, key)}
 
 
 def run(command: list[str]) -> str:

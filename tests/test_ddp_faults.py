@@ -10,15 +10,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from tests.train_standins import TinyModel
+from tests.train_standins import TinyModel, tiny_config
 from util.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = {"dataset": "tiny", "data_root": "unused", "weights": "unused", "output_dir": "overridden", "seed": 7,
-          "model": {"dropout": 0.5}, "data": {"num_clips": 9, "size_divisibility": 4},
-          "train": {"epochs": 20, "lr": 0.01, "lr_linear_proj_mult": 0.1, "weight_decay": 0.01,
-                    "clip_max_norm": 1.0, "lr_drop": [1], "batch_size": 2, "num_workers": 0, "amp": "none",
-                    "checkpoint_every": 3, "log_every": 1}}
+CONFIG = tiny_config(seed=7, epochs=20, lr_drop=[1], checkpoint_every=3)
 
 
 def torchrun(tmp_path: Path, **fault_env: str) -> subprocess.Popen:

@@ -270,11 +270,9 @@ def test_predictor_and_resume_list_missing_unexpected_and_misshaped_keys(predict
     state, missing, misshaped = mismatched_state(model)
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [1])
-    cfg = {"dataset": "tiny", "data_root": "unused", "weights": "unused", "output_dir": str(tmp_path / "run"),
-           "seed": 1, "model": {"dropout": 0.5}, "data": {"num_clips": 4, "size_divisibility": 4},
-           "train": {"epochs": 1, "lr": 0.01, "lr_linear_proj_mult": 0.1, "weight_decay": 0.0, "clip_max_norm": 0.0,
-                     "lr_drop": [1], "batch_size": 2, "num_workers": 0, "amp": "none", "checkpoint_every": 1,
-                     "log_every": 1}}
+    cfg = train_standins.tiny_config(seed=1, epochs=1, weight_decay=0.0, clip_max_norm=0.0, lr_drop=[1],
+                                     checkpoint_every=1)
+    cfg["output_dir"] = str(tmp_path / "run")
     checkpoint = build_checkpoint(model, optimizer, scheduler, None, epoch=0, step=0, data_position=0, rng=[],
                                   config=cfg)
     checkpoint["model"] = state

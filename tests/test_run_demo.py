@@ -1,24 +1,27 @@
 """The demo driver's report helpers (scripts/run_demo.py): stage clock and the options beyond the paper."""
 from pathlib import Path
 
-import yaml
 from tests.scripts import load_script
+from util.config import get_key, load_config, save_config
 
 REPO = Path(__file__).resolve().parents[1]
 run_demo = load_script("run_demo")
 
 
 def test_options_beyond_paper_names_only_what_is_switched_on(tmp_path):
-    cfg = yaml.safe_load((REPO / "configs" / "refshapes_tiny.yaml").read_text())
+    cfg = load_config(REPO / "configs" / "refshapes_tiny.yaml")  # resolved, as main.py saves it beside a run
     cfg["model"].update(vl_fusion=False, pixel_referring=False)
     cfg["data"]["sentences_per_clip"] = 1
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    save_config(cfg, path)
     assert run_demo.options_beyond_paper(path) == {}
     cfg["model"]["pixel_referring"] = True
     cfg["data"]["sentences_per_clip"] = 3
-    path.write_text(yaml.safe_dump(cfg))
+    save_config(cfg, path)
     assert run_demo.options_beyond_paper(path) == {"model.pixel_referring": True, "data.sentences_per_clip": 3}
+    paper = load_config(REPO / "configs" / "ytvos_hcd.yaml")  # the paper's values come from its config
+    assert {key: get_key(paper, key) for key in run_demo.BEYOND_PAPER_KEYS} == {
+        "model.vl_fusion": False, "model.pixel_referring": False, "data.sentences_per_clip": 1}
 
 
 def test_stage_clock_records_each_stage_in_order(monkeypatch):

@@ -114,6 +114,48 @@ def test_resume_refuses_to_change_what_the_saved_state_fixes(tmp_path):
         main.main(["--resume", str(out / "last.pth"), "--seed", "1"])
 
 
+def test_resume_continues_to_the_saved_max_steps(tmp_path):
+    """A run started with --max_steps and killed before it: --resume alone ends where the plan ends."""
+    out = tmp_path / "out"
+    main.main(["--config", str(write_config(tmp_path / "c.yaml", out)), "--max_steps", "6"])
+    reference = load_checkpoint(out / "last.pth")
+    assert reference["step"] == 6 and reference["config"]["train"]["max_steps"] == 6
+    # checkpoint_step0000002.pth is what a kill -9 after step 3 leaves as the newest checkpoint.
+    main.main(["--resume", str(out / "checkpoint_step0000002.pth"), "--output_dir", str(tmp_path / "resumed")])
+    resumed = load_checkpoint(tmp_path / "resumed" / "last.pth")
+    assert (resumed["epoch"], resumed["step"], resumed["data_position"]) == (1, 6, 4)  # not on to epoch 3's end
+    assert_same_state(reference, resumed)
+    # A new limit on resume replaces the saved one, and is saved in turn.
+    main.main(["--resume", str(tmp_path / "resumed" / "last.pth"), "--max_steps", "7"])
+    extended = load_checkpoint(tmp_path / "resumed" / "last.pth")
+    assert extended["step"] == 7 and extended["config"]["train"]["max_steps"] == 7
+
+
+def test_resume_accepts_the_original_command_line_with_resume_appended(tmp_path):
+    out = tmp_path / "out"
+    original = ["--config", str(write_config(tmp_path / "c.yaml", out)), "--max_steps", "3", "--set",
+                "train.log_every=2"]
+    main.main(original)
+    main.main(original + ["--resume", str(out / "last.pth")])  # the same config: accepted, nothing left to do
+    assert load_checkpoint(out / "last.pth")["step"] == 3
+    main.main(["--max_steps", "5"] + original[:2] + ["--resume", str(out / "last.pth"), "--set", "train.log_every=2",
+                                                      "--max_steps", "5"])
+    assert load_checkpoint(out / "last.pth")["step"] == 5
+    assert sorted(losses_by_step(out)) == [2, 4]
+
+
+def test_resume_refuses_a_different_config_naming_the_keys(tmp_path):
+    out = tmp_path / "out"
+    main.main(["--config", str(write_config(tmp_path / "c.yaml", out)), "--max_steps", "2"])
+    other = write_config(tmp_path / "other.yaml", out, clip_max_norm=0.5, epochs=5)
+    with pytest.raises(ConfigError, match=r"differ in \['train\.epochs', 'train\.clip_max_norm'\]"):
+        main.main(["--config", str(other), "--max_steps", "2", "--resume", str(out / "last.pth")])
+    # The original config without the original --max_steps resolves to a different plan: named too.
+    with pytest.raises(ConfigError, match=r"differ in \['train\.max_steps'\]"):
+        main.main(["--config", str(tmp_path / "c.yaml"), "--resume", str(out / "last.pth")])
+    assert load_checkpoint(out / "last.pth")["step"] == 2  # nothing was trained
+
+
 def test_non_finite_loss_stops_naming_the_step_and_terms(tmp_path, monkeypatch):
     class NaNAtThirdCall(train_standins.TinyCriterion):
         calls = 0
@@ -157,4 +199,4 @@ def test_cli_explains_every_flag_and_needs_one_of_config_or_resume(capsys):
     assert all(action.help for action in parser._actions)
     with pytest.raises(SystemExit):
         main.main([])
-    assert "exactly one of --config" in capsys.readouterr().err
+    assert "give --config (a new run" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 - ``build_model(cfg) -> (TinyModel, TinyCriterion)``: a frozen "pretrained" layer, trainable layers with
   BatchNorm statistics, dropout (``cfg["model"]["dropout"]``) and a ``reference_points`` layer (the second
   parameter group); the criterion returns unweighted losses and has a ``weight_dict``.
-- ``build_dataset(name, split, cfg) -> TinyClips``: ``cfg["data"]["num_clips"]`` clips ``(frames [T, 3, H, W],
+- ``build_dataset(name, split, cfg) -> TinyClips``: ``NUM_CLIPS`` clips ``(frames [T, 3, H, W],
   target)`` whose random augmentation is a pure function of ``(seed, epoch, index)`` via ``set_epoch``.
 
 ``tiny_config(seed, **train)`` is a main.py config for them. In-process tests install them with
@@ -82,23 +82,30 @@ def build_model(cfg: dict) -> tuple[TinyModel, TinyCriterion]:
     return model, TinyCriterion()
 
 
+NUM_CLIPS = 9  # clips of the stand-in dataset
+
+
 def build_dataset(name: str, split: str, cfg: dict) -> TinyClips:
-    return TinyClips(cfg["data"]["num_clips"], cfg["seed"])
+    return TinyClips(NUM_CLIPS, cfg["seed"])
 
 
 def tiny_config(seed: int, **train) -> dict:
-    """A main.py config for the stand-ins: 9 clips, batch 2 (4 steps an epoch, one clip dropped), dropout 0.5.
+    """A complete main.py config for the stand-ins: the tiny config (configs/refshapes_tiny.yaml, every key of the
+    schema) with dropout 0.5 and the stand-ins' optimiser; 9 clips, batch 2 (4 steps an epoch, one clip dropped).
 
     ``train`` adds the schedule (``epochs``, ``lr_drop``, ``checkpoint_every``) to the fixed optimiser settings.
     ``output_dir`` is a placeholder: the tests pass ``--output_dir``.
     """
-    return {
-        "dataset": "tiny", "data_root": "unused", "weights": "unused", "output_dir": "set by the test", "seed": seed,
-        "model": {"dropout": 0.5},
-        "data": {"num_clips": 9, "size_divisibility": 4},
-        "train": {"lr": 0.01, "lr_linear_proj_mult": 0.1, "weight_decay": 0.01, "clip_max_norm": 1.0,
-                  "batch_size": 2, "num_workers": 0, "amp": "none", "log_every": 1, **train},
-    }
+    from util.config import load_config  # not at the top: run as a module, nothing of the project loads first
+
+    cfg = load_config(os.path.join(os.path.dirname(__file__), os.pardir, "configs", "refshapes_tiny.yaml"))
+    cfg.update({"dataset": "tiny", "data_root": "unused", "weights": "unused", "output_dir": "set by the test",
+                "seed": seed})
+    cfg["model"]["dropout"] = 0.5
+    cfg["data"]["size_divisibility"] = 4
+    cfg["train"].update({"lr": 0.01, "lr_linear_proj_mult": 0.1, "weight_decay": 0.01, "clip_max_norm": 1.0,
+                         "batch_size": 2, "num_workers": 0, "amp": "none", "log_every": 1, **train})
+    return cfg
 
 
 def install(monkeypatch) -> None:

@@ -129,6 +129,18 @@ def set_key(cfg: dict, key: str, value, create: bool = False) -> None:
     node[leaf] = value
 
 
+def differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between the configs ``a`` and ``b`` (or that one of them lacks)."""
+    changed = []
+    for key in list(a) + [key for key in b if key not in a]:
+        dotted = f"{prefix}{key}"
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            changed += differing_keys(a[key], b[key], dotted + ".")
+        elif key not in a or key not in b or a[key] != b[key]:
+            changed.append(dotted)
+    return changed
+
+
 def parse_assignment(text: str) -> tuple[str, object]:
     """``"train.lr_drop=[3, 5]"`` -> ``("train.lr_drop", [3, 5])``; the value is parsed as YAML."""
     key, sep, raw = text.partition("=")

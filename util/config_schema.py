@@ -23,13 +23,15 @@ import typing
 from dataclasses import MISSING, dataclass
 from typing import Literal, Optional
 
+from util.errors import UserInputError
+
 # Keys that every shipped config held and no code read; dropped when an old config (a checkpoint's) has them.
 REMOVED_KEYS = ("model.with_box_refine",)
 
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserInputError):
     """A config file or an override that does not fit the config's keys (``util.config`` exports it)."""
 
 
