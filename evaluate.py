@@ -17,6 +17,8 @@
 - **MeViS** (``mevis``): the ``valid_u`` split is segmented the same way (``inference.clip_len`` frames a pass) into
   ``<output_dir>/eval_valid_u/<video>/<exp_id>/<frame>.png`` and scored with ``metrics.mevis.score_mevis`` as the
   official ``tools/eval_mevis.py`` scores it (the union of each expression's objects is its ground truth).
+- **RefCOCO / RefCOCO+ / RefCOCOg** (``refcoco``): the val json of every set of ``data.refcoco_sets``, image by
+  image with the top query's mask at the original size: oIoU, mIoU and P@0.5..0.9 per set (``metrics.refcoco``).
 
 Under ``torchrun`` every rank evaluates its shard (every world_size-th sample or video) and rank 0 computes the
 metrics. Rank 0 prints a table and, as the last line, the metrics as one JSON object, which it also writes to
@@ -40,6 +42,7 @@ from engine import AMP_DTYPES
 from inference_mevis import write_predictions
 from inference_ytvos import score_table, segment_video_files
 from inference.predictor import Predictor
+from metrics.refcoco import evaluate_refcoco, refcoco_table
 from metrics.a2d import PRECISION_THRESHOLDS, a2d_metrics, build_coco_ground_truth
 from util.atomic_write import atomic_write, write_folder
 from util.distributed import all_gather_objects, barrier, get_rank, get_world_size, is_main_process
@@ -51,6 +54,7 @@ from metrics.ytvos import score_predictions
 A2D_DATASETS = ("a2d", "jhmdb")
 YTVOS_DATASETS = ("refshapes", "ytvos", "davis")
 MEVIS_DATASETS = ("mevis",)
+REFCOCO_DATASETS = ("refcoco",)  # image-level oIoU / mIoU on the val jsons (metrics/refcoco.py)
 MASK_THRESHOLD = 0.5  # the A2D / JHMDB protocol's threshold on the mask probability
 PREDICTION_DIR = "eval_valid"
 MEVIS_SPLIT = "valid_u"  # the MeViS split with ground truth
@@ -83,9 +87,14 @@ def run_evaluation(model: torch.nn.Module, cfg: dict, args: argparse.Namespace) 
             return {}
         table = score_table(scores)
         results = {key: scores[key] for key in ("J", "F", "JF", "expressions", "version", "by_kind")}
+    elif name in REFCOCO_DATASETS:
+        results = evaluate_refcoco(model, cfg, amp)
+        if not is_main_process():
+            return {}
+        table = refcoco_table(results)
     else:
         raise ValueError(f"cannot evaluate dataset {name!r}; --eval supports "
-                         f"{', '.join(A2D_DATASETS + YTVOS_DATASETS + MEVIS_DATASETS)}")
+                         f"{', '.join(A2D_DATASETS + YTVOS_DATASETS + MEVIS_DATASETS + REFCOCO_DATASETS)}")
     line = json.dumps(results)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(output_dir / f"eval_{name}.json", lambda f: f.write((line + "\n").encode()))
