@@ -1,0 +1,54 @@
+"""The two-stage recipe end to end on the tiny model: pretraining on RefShapes still images in the RefCOCO layout,
+its image-level evaluation (oIoU / mIoU), then a new run on RefShapes videos from its weights (--init_from)."""
+import json
+from pathlib import Path
+
+import pytest
+
+import main
+from datasets.refshapes import generate_refshapes
+from util.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["--device", "cpu", "--max_steps", "2", "--set", "data.num_frames=2", "--set", "data.train_scales=[64]",
+         "--set", "data.max_size=64", "--set", "data.test_size=64", "--set", "train.log_every=1"]
+
+
+def test_refcoco_pretraining_then_init_from_fine_tuning(tmp_path, refshapes_root, tiny_weights, one_thread):
+    refcoco = tmp_path / "refshapes_refcoco"
+    generate_refshapes(refcoco, num_videos=3, num_valid_videos=1, num_frames=4, size=64, seed=0, layout="refcoco")
+    pretrain, finetune = tmp_path / "pretrain", tmp_path / "finetune"
+
+    assert main.main(["--config", str(REPO / "configs" / "refshapes_refcoco_tiny.yaml"), "--data_root", str(refcoco),
+                      "--weights", str(tiny_weights), "--output_dir", str(pretrain), *SMALL]) == 0
+    stage1 = load_checkpoint(pretrain / "last.pth")
+    assert stage1["step"] == 2 and stage1["config"]["dataset"] == "refcoco"
+
+    main.main(["--eval", "--resume", str(pretrain / "last.pth"), "--device", "cpu"])
+    scores = json.loads((pretrain / "eval_refcoco.json").read_text())["refcoco"]
+    val = json.loads((refcoco / "refcoco" / "instances_refcoco_val.json").read_text())
+    assert scores["samples"] == len(val["images"]) > 0
+    assert 0.0 <= scores["oIoU"] <= 1.0 and 0.0 <= scores["mIoU"] <= 1.0
+
+    assert main.main(["--config", str(REPO / "configs" / "refshapes_tiny.yaml"), "--data_root", str(refshapes_root),
+                      "--weights", str(tiny_weights), "--output_dir", str(finetune),
+                      "--init_from", str(pretrain / "last.pth"), *SMALL]) == 0
+    record = json.loads((finetune / "init_from.json").read_text())
+    assert record["loaded"] == sorted(stage1["model"]) and record["missing"] == record["unexpected"] == []
+    stage2 = load_checkpoint(finetune / "last.pth")
+    assert (stage2["epoch"], stage2["step"]) == (0, 2) and stage2["config"]["dataset"] == "refshapes"
+
+
+def test_init_from_another_width_fails_before_the_run_starts(tmp_path, tiny_weights, one_thread):
+    """A checkpoint of a model with other widths: the error lists the tensors and shapes; no output folder."""
+    refcoco = tmp_path / "rc"
+    generate_refshapes(refcoco, num_videos=2, num_valid_videos=0, num_frames=2, size=64, seed=1, layout="refcoco")
+    source = tmp_path / "narrow"
+    main.main(["--config", str(REPO / "configs" / "refshapes_refcoco_tiny.yaml"), "--data_root", str(refcoco),
+               "--weights", str(tiny_weights), "--output_dir", str(source), *SMALL[:-2], "--max_steps", "1",
+               "--set", "model.num_queries=3"])
+    with pytest.raises(ValueError, match=r"query_embed\.weight: .*last\.pth \(3, 64\), model \(5, 64\)"):
+        main.main(["--config", str(REPO / "configs" / "refshapes_refcoco_tiny.yaml"), "--data_root", str(refcoco),
+                   "--weights", str(tiny_weights), "--output_dir", str(tmp_path / "out"),
+                   "--init_from", str(source / "last.pth"), *SMALL])
+    assert not (tmp_path / "out").exists()
