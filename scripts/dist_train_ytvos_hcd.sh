@@ -9,6 +9,8 @@
 #   GPUS (8)  processes per node, one GPU each      OUTPUT_DIR (outputs/ytvos_hcd)
 #   WEIGHTS (weight)  pretrained components          DATA_ROOT (data/ref-youtube-vos)
 #   RESUME  a checkpoint to continue instead of starting a new run (e.g. outputs/ytvos_hcd/last.pth)
+#   INIT_FROM  start the new run from the model weights of a checkpoint or save_pretrained folder, e.g. the RefCOCO
+#              pretraining (outputs/refcoco_pretrain_hcd/last.pth); fresh optimizer and schedule (main.py --init_from)
 #   NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), MASTER_PORT (29500)  several machines (docs/training.md)
 #   PYTHON (python)   DRY_RUN=1  print the command and the resolved config, run nothing
 # Relative paths are taken from the repository root (the script cds there).

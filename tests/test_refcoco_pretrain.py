@@ -52,3 +52,13 @@ def test_init_from_another_width_fails_before_the_run_starts(tmp_path, tiny_weig
                    "--weights", str(tiny_weights), "--output_dir", str(tmp_path / "out"),
                    "--init_from", str(source / "last.pth"), *SMALL])
     assert not (tmp_path / "out").exists()
+
+
+def test_pretraining_launcher_dry_run():
+    from tests.test_launch_scripts import dry_run, flag, parse_block
+
+    (command,), (block,) = dry_run("dist_train_refcoco_hcd.sh")
+    assert flag(command, "--config") == "configs/refcoco_pretrain_hcd.yaml" and flag(command, "--nproc_per_node") == "8"
+    assert flag(command, "--data_root") == "data/coco"
+    cfg = parse_block(block)
+    assert cfg["dataset"] == "refcoco" and cfg["data"]["refcoco_sets"] == ["refcoco", "refcoco+", "refcocog"]
