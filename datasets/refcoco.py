@@ -1,7 +1,7 @@
 """RefCOCO / RefCOCO+ / RefCOCOg as pseudo-videos (image pretraining, the ReferFormer / SgMg recipe), and the joint
 dataset that mixes them with Ref-YouTube-VOS clips.
 
-Layout (the COCO-format referring jsons that ReferFormer distributes; the pickled ``refs(unc).p`` is not read)::
+Layout (the COCO-format referring jsons of ReferFormer's RefCOCO setup; the pickled ``refs(unc).p`` is not read)::
 
     <root>/train2014/COCO_train2014_<id:012d>.jpg             every RefCOCO-family image comes from COCO train2014
     <root>/<set>/instances_<set>_<split>.json                  set in refcoco, refcoco+, refcocog; split train / val
