@@ -32,7 +32,8 @@ def build_dataset(name: str, split: str, cfg: dict) -> Dataset:
     converted Ref-DAVIS17; the split needs ground truth), the test windows for A2D and JHMDB, whole videos per
     expression for MeViS (``valid_u`` with the union masks, ``valid`` without). Reads
     ``cfg["data_root"]``, ``cfg["data"][num_frames, max_skip, reverse_prob, train_scales, max_size,
-    test_size]`` (Ref-YTVOS-layout training also ``sentences_per_clip``) and ``cfg.get("seed", 0)``.
+    test_size]`` (Ref-YTVOS-layout training also ``sentences_per_clip``) and, for the splits that draw random
+    numbers, ``cfg["seed"]``.
     """
     if name not in NAMES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
@@ -43,7 +44,6 @@ def build_dataset(name: str, split: str, cfg: dict) -> Dataset:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose 'train' or 'valid' (alias 'val')")
     split, root, data = SPLITS[split], cfg["data_root"], cfg["data"]
-    seed = cfg.get("seed", 0)
     test_transforms = make_test_transforms(data["test_size"], data["max_size"])
     if name == "jhmdb":
         if split == "train":
@@ -51,8 +51,8 @@ def build_dataset(name: str, split: str, cfg: dict) -> Dataset:
         return JHMDBSentences(root, data["num_frames"], test_transforms)
     if name == "a2d":
         if split == "train":
-            return A2DSentences(root, "train", data["num_frames"], make_train_transforms(cfg), seed)
-        return A2DSentences(root, "test", data["num_frames"], test_transforms, seed)
+            return A2DSentences(root, "train", data["num_frames"], make_train_transforms(cfg), cfg["seed"])
+        return A2DSentences(root, "test", data["num_frames"], test_transforms, cfg["seed"])
     if split == "valid":
         return YTVOSVideos(root, "valid", test_transforms)
     if name == "refshapes" and data["reverse_prob"] > 0:
@@ -61,8 +61,8 @@ def build_dataset(name: str, split: str, cfg: dict) -> Dataset:
             "set data.reverse_prob: 0 for refshapes"
         )
     return YTVOSClips(
-        root, "train", data["num_frames"], data["max_skip"], data["reverse_prob"], make_train_transforms(cfg), seed,
-        sentences_per_clip=data["sentences_per_clip"],
+        root, "train", data["num_frames"], data["max_skip"], data["reverse_prob"], make_train_transforms(cfg),
+        cfg["seed"], sentences_per_clip=data["sentences_per_clip"],
     )
 
 
@@ -71,7 +71,7 @@ def build_mevis(split: str, cfg: dict) -> Dataset:
     root, data = cfg["data_root"], cfg["data"]
     if split == "train":
         return MeViSClips(root, "train", data["num_frames"], data["max_skip"], data["reverse_prob"],
-                          make_train_transforms(cfg), cfg.get("seed", 0), sentences_per_clip=data["sentences_per_clip"])
+                          make_train_transforms(cfg), cfg["seed"], sentences_per_clip=data["sentences_per_clip"])
     if split in MEVIS_SPLITS:
         return MeViSVideos(root, split, make_test_transforms(data["test_size"], data["max_size"]))
     raise ValueError(f"unknown MeViS split {split!r}; choose one of {', '.join(MEVIS_SPLITS)} (valid_u has ground "
@@ -86,7 +86,7 @@ def build_refcoco(name: str, split: str, cfg: dict) -> Dataset:
     if split != "train":
         raise ValueError(f"{name} gives training clips only; RefCOCO val is scored image by image by main.py --eval "
                          "(metrics/refcoco.py)")
-    data, seed = cfg["data"], cfg.get("seed", 0)
+    data, seed = cfg["data"], cfg["seed"]
     if data["sentences_per_clip"] != 1:
         raise ValueError(f"{name}: RefCOCO samples have one sentence each; set data.sentences_per_clip: 1")
     affine = AffineRange(data["affine_degrees"], data["affine_translate"], data["affine_scale"], data["affine_shear"])

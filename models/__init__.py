@@ -24,19 +24,20 @@ def build_model(cfg: dict, components: PretrainedComponents | None = None):
         cfg, components.roberta, components.roberta_tokenizer
     )
     criterion = build_criterion(cfg)
+    mask_head = HybridMaskHead(
+        options["hidden_dim"],
+        num_levels=len(backbone.num_channels),
+        mask_channels=options["dynamic_mask_channels"],  # any width: mixed into the 16 channels of a 4x4 patch
+        controller_layers=options["controller_layers"],
+        rel_coord=options["rel_coord"],
+    )
     model = HCD(
         backbone=backbone,
         text_encoder=text_encoder,
         query_conditioner=query_conditioner,
         transformer=build_deformable_transformer(cfg),
-        mask_head=HybridMaskHead(
-            options["hidden_dim"],
-            num_levels=len(backbone.num_channels),
-            mask_channels=options["dynamic_mask_channels"],
-            controller_layers=options["controller_layers"],
-            rel_coord=options["rel_coord"],
-        ),
-        mask_refiner=MaskRefiner(options["dynamic_mask_channels"], backbone.num_channels[0], backbone.stride4_channels),
+        mask_head=mask_head,
+        mask_refiner=MaskRefiner(mask_head.out_channels, backbone.num_channels[0], backbone.stride4_channels),
         num_queries=options["num_queries"],
         num_feature_levels=options["num_feature_levels"],
         aux_loss=options["aux_loss"],

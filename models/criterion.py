@@ -150,5 +150,5 @@ def build_criterion(cfg: dict) -> SetCriterion:
     num_aux_layers = cfg["model"]["dec_layers"] - 1 if cfg["model"]["aux_loss"] else 0
     weight_dict = build_weight_dict(loss_cfg, num_aux_layers, cfg["model"]["pixel_referring"])
     return SetCriterion(build_matcher(cfg), weight_dict,
-                        focal_alpha=loss_cfg["focal_alpha"], focal_gamma=loss_cfg.get("focal_gamma", 2.0),
-                        box_loss_on_invalid_frames=loss_cfg.get("boxes_on_invalid_frames", False))
+                        focal_alpha=loss_cfg["focal_alpha"], focal_gamma=loss_cfg["focal_gamma"],
+                        box_loss_on_invalid_frames=loss_cfg["boxes_on_invalid_frames"])

@@ -1,7 +1,8 @@
 """The hybrid segmentation head of HCD.
 
-Two branches produce, per query and frame, ``c`` channels at stride 8 that are a sub-pixel patch of the mask
-(``c = 16``: a 4x4 patch, pixel-shuffled to stride 2). They are summed in logit space:
+Two branches produce, per query and frame, ``c`` channels at stride 8 (``model.dynamic_mask_channels``). They are
+summed in logit space and are, or are mixed into, the 16 values of a 4x4 sub-pixel patch of the mask (pixel-shuffled
+to stride 2, and refined by ``models/tcmr.py``):
 
 - **dot product** (MaskFormer-style): the encoder memory levels, resized to stride 8, are mixed by a learned
   ``Linear(num_levels, c)`` into ``c`` per-pixel embeddings that each query is dotted with;
@@ -9,7 +10,9 @@ Two branches produce, per query and frame, ``c`` channels at stride 8 that are a
   ``controller_layers`` 1x1 convolutions applied to the summed memory levels plus the pixels' coordinates
   relative to the query's box centre.
 
-The level count and the channel count come from the configuration; nothing is tied to 3 levels or 16 channels.
+The level count and the channel count come from the configuration; nothing is tied to 3 levels or 16 channels:
+with ``c = 16`` (the paper) the sum is the patch itself, any other ``c`` is mixed into it by a learned
+``Linear(c, 16)``.
 """
 import torch
 from einops import rearrange
@@ -17,6 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.mlp import MLP
+
+PATCH_CHANNELS = 16  # a 4x4 sub-pixel patch of the mask per stride-8 cell
 
 
 def relative_coordinates(centres: torch.Tensor, size: tuple[int, int], valid_ratios: torch.Tensor) -> torch.Tensor:
@@ -42,7 +47,8 @@ def relative_coordinates(centres: torch.Tensor, size: tuple[int, int], valid_rat
 
 
 class HybridMaskHead(nn.Module):
-    """Per-query sub-pixel mask logits at stride 8 from the decoder queries and the encoder memory."""
+    """Per-query sub-pixel mask logits at stride 8 (``out_channels`` = 16 of them, a 4x4 patch) from the decoder
+    queries and the encoder memory, through ``mask_channels`` channels in both branches."""
 
     def __init__(
         self, hidden_dim: int, num_levels: int, mask_channels: int, controller_layers: int, rel_coord: bool
@@ -57,6 +63,9 @@ class HybridMaskHead(nn.Module):
         for layer in self.controller.layers:
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self.out_channels = PATCH_CHANNELS
+        # The paper's 16 channels are the patch; others are mixed into it (no extra parameters for 16).
+        self.to_patch = None if mask_channels == PATCH_CHANNELS else nn.Linear(mask_channels, PATCH_CHANNELS)
 
     def forward(
         self, queries: torch.Tensor, memory: list[torch.Tensor], centres: torch.Tensor, valid_ratios: torch.Tensor
@@ -69,7 +78,7 @@ class HybridMaskHead(nn.Module):
             centres: [N, Q, 2] normalised box centres of the queries (detached by the caller).
             valid_ratios: [N, 2] unpadded fraction (w, h) of the stride-8 grid.
         Returns:
-            [N, Q, c, h, w] sub-pixel mask logits at stride 8.
+            [N, Q, 16, h, w] sub-pixel mask logits at stride 8.
         """
         size = memory[0].shape[-2:]
         levels = [memory[0]] + [
@@ -77,7 +86,10 @@ class HybridMaskHead(nn.Module):
         ]
         dot = self._dot_product(queries, torch.stack(levels, dim=-1))
         dynamic = self._dynamic_convolution(queries, sum(levels), centres, valid_ratios)
-        return dot + dynamic
+        features = dot + dynamic  # [N, Q, c, h, w]
+        if self.to_patch is None:
+            return features
+        return torch.einsum("nqchw,kc->nqkhw", features, self.to_patch.weight) + self.to_patch.bias[:, None, None]
 
     def _dot_product(self, queries: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
         """queries [N, Q, C], stacked [N, C, h, w, L] -> [N, Q, c, h, w]."""

@@ -110,5 +110,5 @@ def build_matcher(cfg: dict) -> SingleTargetMatcher:
     return SingleTargetMatcher(
         cost_class=costs["cost_class"], cost_bbox=costs["cost_bbox"], cost_giou=costs["cost_giou"],
         cost_mask=costs["cost_mask"], cost_dice=costs["cost_dice"],
-        focal_alpha=cfg["loss"]["focal_alpha"], focal_gamma=cfg["loss"].get("focal_gamma", 2.0),
-        box_cost_on_invalid_frames=cfg["loss"].get("boxes_on_invalid_frames", False))
+        focal_alpha=cfg["loss"]["focal_alpha"], focal_gamma=cfg["loss"]["focal_gamma"],
+        box_cost_on_invalid_frames=cfg["loss"]["boxes_on_invalid_frames"])

@@ -13,12 +13,16 @@ from torch.nn import functional as F
 
 
 def subpixel_factor(mask_channels: int) -> int:
-    """The pixel-shuffle factor ``r`` of ``mask_channels = r*r`` channels; stride 4 needs ``r = 4`` (16)."""
+    """The pixel-shuffle factor ``r`` of ``mask_channels = r*r`` channels; stride 4 needs ``r = 4`` (16).
+
+    The refiner takes the mask head's output, always 16 channels (``HybridMaskHead.out_channels``: any
+    ``model.dynamic_mask_channels`` is mixed into them)."""
     factor = math.isqrt(mask_channels)
     if factor * factor != mask_channels or factor != 4:
         raise ValueError(
-            f"dynamic_mask_channels={mask_channels}: the mask head needs 16 channels (a 4x4 sub-pixel patch) so "
-            "that stride-8 masks shuffle to stride 2 and the refined stride-4 masks to full resolution"
+            f"MaskRefiner(mask_channels={mask_channels}): the refiner takes the 16 channels of a 4x4 sub-pixel patch "
+            "(HybridMaskHead.out_channels), so that stride-8 masks shuffle to stride 2 and the refined stride-4 "
+            "masks to full resolution"
         )
     return factor
 

@@ -45,7 +45,7 @@ class BackboneConfig:
     clip_image_size: int
     sample_posterior: bool         # the paper's code samples the VAE posterior; we take its mean
     gradient_checkpointing: bool
-    frozen_dtype: Literal["float32", "bfloat16"] = "float32"  # precision of the frozen VAE/CLIP on GPU
+    frozen_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the frozen VAE/CLIP on GPU
 
 
 @dataclass

@@ -189,11 +189,11 @@ def build_backbone(cfg: Mapping, components) -> VisualBackbone:
     """Wire ``cfg["model"]["backbone"]`` to a ``VisualBackbone`` over loaded pretrained components.
 
     components: ``models.pretrained.PretrainedComponents`` (uses unet, vae, clip_vision, clip_text,
-    clip_tokenizer). ``frozen_dtype`` is optional in the config ("float32" by default; "bfloat16" or
-    "float16" to hold the frozen encoders in half precision on GPU).
+    clip_tokenizer). ``model.backbone.frozen_dtype``: "float32", or "bfloat16" / "float16" to hold the frozen
+    encoders in half precision on GPU.
     """
     options = cfg["model"]["backbone"]
-    dtype_name = options.get("frozen_dtype", "float32")
+    dtype_name = options["frozen_dtype"]
     if dtype_name not in FROZEN_DTYPES:
         raise ValueError(f"model.backbone.frozen_dtype must be one of {sorted(FROZEN_DTYPES)}, got {dtype_name!r}.")
     return VisualBackbone(

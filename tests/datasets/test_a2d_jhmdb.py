@@ -137,7 +137,7 @@ def test_a2d_window_annotated_frame_and_mask(a2d_root):
 
 @pytest.mark.filterwarnings("ignore:.*skipping row")
 def test_build_a2d_and_errors(a2d_root):
-    cfg = {"data_root": str(a2d_root),
+    cfg = {"data_root": str(a2d_root), "seed": 0,
            "data": {"num_frames": 3, "train_scales": [16], "max_size": 24, "test_size": 16}}
     test = build_dataset("a2d", "val", cfg)
     frames, target = test[0]

@@ -97,7 +97,7 @@ def test_expressions_are_interleaved_per_object(converted):
 def test_converted_train_split_is_read_by_the_ytvos_loader(converted):
     _, out, _ = converted
     cfg = {
-        "data_root": str(out),
+        "data_root": str(out), "seed": 0,
         "data": {"num_frames": 2, "max_skip": 1, "reverse_prob": 0.3, "sentences_per_clip": 1, "train_scales": [16],
                  "max_size": 24, "test_size": 16},
     }

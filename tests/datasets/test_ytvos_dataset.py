@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from datasets import build_dataset, load_frames, read_meta_expressions
@@ -14,6 +13,7 @@ from datasets.errors import DatasetFormatError
 from datasets.transforms_video import Check, Compose, Normalize, ToTensor, make_train_transforms
 from datasets.ytvos import YTVOSClips, YTVOSVideos, sample_clip_indices
 from util.box_ops import box_xyxy_to_cxcywh
+from util.config import load_config
 from util.nested_tensor import collate_clips
 
 H, W = 24, 32
@@ -235,7 +235,7 @@ def test_collate_of_loader_samples(mini_ytvos):
 
 
 def test_build_dataset_reads_refshapes(refshapes_root):
-    cfg = yaml.safe_load((Path(__file__).parents[2] / "configs" / "refshapes_tiny.yaml").read_text())
+    cfg = load_config(Path(__file__).parents[2] / "configs" / "refshapes_tiny.yaml")
     cfg["data_root"] = str(refshapes_root)
     cfg["data"]["reverse_prob"] = 0.0
     train = build_dataset("refshapes", "train", cfg)

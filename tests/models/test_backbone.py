@@ -5,7 +5,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import yaml
 from diffusers.models.resnet import TemporalConvLayer
 
 from models.backbone import BackboneOutput, VisualBackbone, build_backbone
@@ -16,13 +15,14 @@ from models.backbone.pair_projection import hidden_channels
 from models.backbone.temporal_stem import TemporalStem
 from models.backbone.unet_features import UNetFeatureExtractor
 from models.pretrained import build_pretrained_on_meta, load_pretrained
+from util.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 CAPTIONS = ["a red circle moving left", "the blue square that does not move"]
 
 
 def read_config(name: str) -> dict:
-    return yaml.safe_load((CONFIGS / name).read_text())
+    return load_config(CONFIGS / name)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is ~10x faster than two on a busy CPU

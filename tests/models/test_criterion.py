@@ -11,7 +11,8 @@ from models.matcher import SingleTargetMatcher
 CFG = {
     "model": {"dec_layers": 3, "aux_loss": True, "pixel_referring": False},
     "matcher": {"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0, "cost_mask": 2.0, "cost_dice": 5.0},
-    "loss": {"cls": 2.0, "bbox": 5.0, "giou": 2.0, "mask": 2.0, "dice": 5.0, "focal_alpha": 0.25},
+    "loss": {"cls": 2.0, "bbox": 5.0, "giou": 2.0, "mask": 2.0, "dice": 5.0, "focal_alpha": 0.25, "focal_gamma": 2.0,
+             "boxes_on_invalid_frames": False},
 }
 LN2 = math.log(2)
 

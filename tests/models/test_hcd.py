@@ -59,6 +59,29 @@ def test_training_outputs_have_the_documented_shapes(model_and_criterion):
     assert ((outputs["pred_boxes"] > 0) & (outputs["pred_boxes"] < 1)).all()
 
 
+def test_the_mask_channel_count_is_configurable(model_and_criterion, tiny_weights):
+    """model.dynamic_mask_channels other than the paper's 16: the head mixes them into the 4x4 sub-pixel patch,
+    the refiner (TCMR) and the stride-2 masks work as with 16, and the loss trains the new mixing layer."""
+    cfg = tiny_config(tiny_weights)
+    cfg["model"]["dynamic_mask_channels"] = 8
+    torch.manual_seed(0)
+    model, criterion = build_model(cfg)
+    assert model.mask_head.level_mix.out_features == 8 and model.mask_head.weight_shapes[-1][0] == 8
+    assert model.mask_head.to_patch.in_features == 8 and model.mask_head.to_patch.out_features == 16
+    paper_model, _ = model_and_criterion
+    assert paper_model.mask_head.to_patch is None  # 16: the paper's head, its parameters (and checkpoints) unchanged
+    assert not any("to_patch" in name for name in paper_model.state_dict())
+    model.train()
+    samples, captions, targets = random_batch()
+    outputs = model(samples, captions, targets)
+    assert outputs["pred_masks_low"].shape == (2, 3, 5, 32, 48)
+    assert outputs["pred_masks"].shape == (2, 3, 64, 96)
+    losses = criterion(outputs, targets)
+    sum(losses[key] * weight for key, weight in criterion.weight_dict.items()).backward()
+    assert model.mask_head.to_patch.weight.grad.abs().sum() > 0
+    assert model.mask_head.level_mix.weight.grad.abs().sum() > 0
+
+
 def test_every_trainable_parameter_learns_and_frozen_ones_get_no_gradient(model_and_criterion):
     model, criterion = model_and_criterion
     model.train()

@@ -123,7 +123,7 @@ def test_mismatched_mask_size_is_a_clear_error():
 
 def test_build_matcher_reads_config():
     cfg = {"matcher": {"cost_class": 2.0, "cost_bbox": 5.0, "cost_giou": 2.0, "cost_mask": 2.0, "cost_dice": 5.0},
-           "loss": {"focal_alpha": 0.3}}
+           "loss": {"focal_alpha": 0.3, "focal_gamma": 2.0, "boxes_on_invalid_frames": False}}
     matcher = build_matcher(cfg)
     assert (matcher.cost_class, matcher.cost_bbox, matcher.cost_giou, matcher.cost_mask, matcher.cost_dice) == (
         2.0, 5.0, 2.0, 2.0, 5.0)
