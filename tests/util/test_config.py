@@ -247,4 +247,6 @@ def test_defaults_are_the_behaviour_before_their_key_existed():
     assert defaults() == {"model.backbone.frozen_dtype": "float32", "model.pixel_referring": False,
                           "loss.focal_gamma": 2.0, "loss.boxes_on_invalid_frames": False,
                           "loss.pixel_referring": 2.0, "loss.pixel_referring_dice": 5.0, "train.max_steps": None,
-                          "data.sentences_per_clip": 1}
+                          "data.sentences_per_clip": 1, "data.refcoco_sets": None, "data.refcoco_root": "data/coco",
+                          "data.refcoco_fraction": 0.5, "data.affine_degrees": 10.0, "data.affine_translate": 0.1,
+                          "data.affine_scale": 0.1, "data.affine_shear": 5.0}
