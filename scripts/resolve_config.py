@@ -3,10 +3,14 @@
     python scripts/resolve_config.py --config configs/ytvos_hcd.yaml --output_dir outputs/x --set train.lr=1e-4
     python scripts/resolve_config.py --checkpoint outputs/ytvos_hcd/last.pth --data_root data/ref-youtube-vos
 
-Used by ``scripts/dist_*.sh`` under ``DRY_RUN=1``. The dedicated flags of ``main.py`` that set config keys
-(``util.config.FLAG_TO_KEY``: --data_root, --weights, --output_dir, --epochs, --lr, ...) and ``--set key=value``
-are applied as ``main.py`` applies them; any other flag is ignored. Only ``util.config`` (and torch, to read a
-``.pth``) is imported, so this is quick.
+Used by ``scripts/dist_*.sh`` under ``DRY_RUN=1``. A YAML file's ``_base_`` files (``configs/base/``) are merged
+in and the result is checked against the schema (``util/config_schema.py``) and completed with its defaults, as
+``main.py`` does: what is printed is the complete, standalone config that ``main.py`` saves as ``config.yaml``
+(no ``_base_``). A checkpoint's config is completed the same way (keys added since it was saved take their
+defaults). The dedicated flags of ``main.py`` that set config keys (``util.config.FLAG_TO_KEY``: --data_root,
+--weights, --output_dir, --epochs, --lr, --max_steps, ...) and ``--set key=value`` are applied as ``main.py``
+applies them; any other flag is ignored. Only ``util.config`` (and torch, to read a ``.pth``) is imported, so this
+is quick.
 """
 import argparse
 import sys
@@ -15,7 +19,7 @@ from pathlib import Path
 import yaml
 
 
-from util.config import FLAG_TO_KEY, apply_overrides, load_config, parse_assignment
+from util.config import FLAG_TO_KEY, apply_overrides, load_config, parse_assignment, upgrade_saved_config
 
 
 def yaml_value(text: str):
@@ -31,7 +35,7 @@ def stored_config(path: Path) -> dict | None:
         return None
     from util.checkpoint import load_checkpoint  # torch only when a checkpoint is read
 
-    return load_checkpoint(path)["config"]
+    return upgrade_saved_config(load_checkpoint(path)["config"], f"the config saved in {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
