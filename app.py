@@ -20,7 +20,8 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from inference_ytvos import add_model_arguments, load_predictor
+from inference.cli import add_model_arguments, clip_flags_problem, load_predictor
+from inference.clips import handing_clip
 from inference.writers import mask_png_bytes
 from util.video_io import Mp4Writer, VideoReadError, open_video
 from util.visualisation import draw_caption, mask_color, overlay_mask
@@ -70,7 +71,6 @@ def segment_to_files(predictor, video: Path, sentences: list[str], out: Path, cl
     if source.num_frames is not None and source.num_frames > max_frames:
         raise ValueError(f"The video has {source.num_frames} frames, more than this demo's limit of {max_frames}; "
                          f"cut it or start the app with a larger --max_frames.")
-    step = clip_len - overlap
     caption = " | ".join(f"{k + 1}: {sentence}" for k, sentence in enumerate(sentences))
     overlay_path, zip_path = out / "overlay.mp4", out / "masks.zip"
     with ExitStack() as stack:
@@ -86,7 +86,8 @@ def segment_to_files(predictor, video: Path, sentences: list[str], out: Path, cl
             writer.write(draw_caption(overlay, caption))
             if progress is not None:
                 total = source.num_frames or max_frames
-                progress(min(1.0, (index + 1) / total), desc=f"clip {index // step + 1} of {-(-total // step)}")
+                clip, clips = handing_clip(min(index, total - 1), total, clip_len, overlap)
+                progress(min(1.0, (index + 1) / total), desc=f"clip {clip} of {clips}")
     return overlay_path, zip_path
 
 
@@ -153,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.clip_len < 1 or not 0 <= args.overlap < args.clip_len:
-        parser.error(f"need --clip_len >= 1 and 0 <= --overlap < --clip_len, got {args.clip_len} and {args.overlap}")
+    problem = clip_flags_problem(args.clip_len, args.overlap)
+    if problem:
+        parser.error(problem)
     if args.max_frames < 1:
         parser.error(f"--max_frames must be at least 1, got {args.max_frames}")
     predictor = load_predictor(args) if args.checkpoint else None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from inference_ytvos import add_model_arguments, load_predictor
+from inference.cli import add_model_arguments, clip_flags_problem, load_predictor
 from util.atomic_write import atomic_directory
 from util.cli import exit_on_user_error
 from inference.writers import mask_png_bytes
@@ -109,8 +109,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     for index, text in enumerate(args.text):
         if not text.strip():
             parser.error(f"--text number {index + 1} is empty; every --text must describe an object")
-    if args.clip_len < 1 or not 0 <= args.overlap < args.clip_len:
-        parser.error(f"need --clip_len >= 1 and 0 <= --overlap < --clip_len, got {args.clip_len} and {args.overlap}")
+    problem = clip_flags_problem(args.clip_len, args.overlap)
+    if problem:
+        parser.error(problem)
     if args.max_frames is not None and args.max_frames < 1:
         parser.error(f"--max_frames must be at least 1, got {args.max_frames}")
     if args.fps is not None and args.fps <= 0:

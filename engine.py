@@ -9,11 +9,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from util.amp import AMP_DTYPES, autocast
 from util.cpu_threads import ThreadGovernor
 from util.distributed import all_reduce_mean, is_main_process
 from util.train_log import TrainLog
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -106,7 +105,7 @@ def train_one_epoch(
             governor.update()
         samples = samples.to(device, non_blocking=True)
         targets = targets_to(targets, device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, amp):
             outputs = model(samples, captions, targets)
         terms = weighted_losses(criterion(to_float32(outputs), targets), criterion.weight_dict)
         total = sum(terms.values())

@@ -10,10 +10,12 @@ annot2-first, annot2-full). For each annotator and video, all objects' expressio
 ``inference.clip_len`` frames (36); per frame, probabilities under the threshold (0.5) are set to 0, a constant
 0.1 background channel is put in front and the argmax gives the object ids, saved as DAVIS-palette PNGs at
 ``<output_dir>/anno_<a>/<video>/<frame>.png``. Each annotator's folder is then scored with the DAVIS-2017
-unsupervised protocol (``metrics.davis``); the reported number is the mean over the four annotators.
+unsupervised protocol (``metrics.davis``, ``evaluate.py --protocol davis``); the reported number is the mean over
+the four annotators. This is the protocol of Ref-DAVIS17's published numbers; ``main.py --eval`` of a davis config
+scores each expression's own mask instead (``evaluate.py --protocol ytvos``, docs in ``metrics/protocols.py``), which
+gives a different number.
 """
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +23,14 @@ from tqdm import tqdm
 
 from datasets import read_meta_expressions
 from datasets.errors import DatasetFormatError
-from inference_ytvos import add_model_arguments, lazy_frames, load_predictor
+from inference.cli import add_data_arguments, add_model_arguments, load_predictor
+from inference.videos import lazy_frames
+from metrics.davis import NUM_ANNOTATORS
+from metrics.protocols import score
 from util.atomic_write import write_folder
 from util.cli import exit_on_user_error
-from metrics.davis import evaluate_davis_unsupervised
 from util.davis_palette import palette_png_bytes
 
-NUM_ANNOTATORS = 4
 BACKGROUND_SCORE = 0.1
 
 
@@ -76,48 +79,10 @@ def run_inference(args: argparse.Namespace) -> None:
     print(f"wrote the palette PNGs of {len(videos)} videos to {', '.join(str(folder) for folder in folders)}")
 
 
-def annotator_folders(results_dir: Path) -> list[Path] | None:
-    """The ``anno_0..anno_3`` folders under ``results_dir``; None when it holds none (a single annotator)."""
-    folders = [results_dir / f"anno_{annotator}" for annotator in range(NUM_ANNOTATORS)]
-    present = [folder.is_dir() for folder in folders]
-    if not any(present):
-        return None
-    if not all(present):
-        missing = [str(folder) for folder, here in zip(folders, present) if not here]
-        raise FileNotFoundError(f"{results_dir} holds some annotator folders but not {missing}; run the inference "
-                                f"for all four, or pass one anno_<a> folder as --results_dir")
-    return folders
-
-
-def evaluate_annotators(davis_root: Path, folders: list[Path]) -> dict:
-    """Evaluate each annotator's folder; ``{"J", "F", "JF"}`` means over them and ``per_annotator``."""
-    per_annotator = {}
-    for folder in folders:
-        result = evaluate_davis_unsupervised(davis_root, folder, split="val")
-        per_annotator[folder.name] = {key: result[key] for key in ("J", "F", "JF", "per_object")}
-    means = {key: float(np.mean([result[key] for result in per_annotator.values()])) for key in ("J", "F", "JF")}
-    return {**means, "per_annotator": per_annotator}
-
-
-def result_table(rows: dict[str, dict]) -> str:
-    """J, F and J&F of each named result, as aligned text."""
-    width = max(len("results"), *(len(name) for name in rows))
-    lines = [f"{'results':<{width}}  {'J':>6}  {'F':>6}  {'J&F':>6}"]
-    lines += [f"{name:<{width}}  {row['J']:6.4f}  {row['F']:6.4f}  {row['JF']:6.4f}" for name, row in rows.items()]
-    return "\n".join(lines)
-
-
 def report(davis_root: Path, results_dir: Path) -> None:
-    """Print the table and, as the last line, the JSON result of ``results_dir`` (one or four annotators)."""
-    folders = annotator_folders(results_dir)
-    if folders is None:
-        result = evaluate_davis_unsupervised(davis_root, results_dir, split="val")
-        result = {key: result[key] for key in ("J", "F", "JF", "per_object")}
-        print(result_table({results_dir.name: result}))
-    else:
-        result = evaluate_annotators(davis_root, folders)
-        print(result_table({**result["per_annotator"], "mean": result}))
-    print(json.dumps(result))
+    """Print the table and, as the last line, the JSON result of ``results_dir`` (one or four annotators): what
+    ``evaluate.py --protocol davis`` prints."""
+    score("davis", results_dir, davis_root, "val").print()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,12 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "the last line, a JSON object {J, F, JF, per_object}, or with anno_0..anno_3 inside "
                              "--results_dir their means and per_annotator")
     add_model_arguments(parser)
-    parser.add_argument("--data_root", help="converted Ref-DAVIS17 in the Ref-YouTube-VOS layout (default: the "
-                                            "config's `data_root`)")
-    parser.add_argument("--split", default="valid", help="split of --data_root to predict (default: valid)")
-    parser.add_argument("--output_dir", help="where anno_0..anno_3/<video>/<frame>.png are written")
-    parser.add_argument("--clip_len", type=int, help="frames per forward pass (default: the config's "
-                                                     "inference.clip_len, 36 in the paper)")
+    add_data_arguments(
+        parser, data_root="converted Ref-DAVIS17 in the Ref-YouTube-VOS layout (default: the config's `data_root`)",
+        output_dir="where anno_0..anno_3/<video>/<frame>.png are written",
+        clip_len="frames per forward pass (default: the config's inference.clip_len, 36 in the paper)")
     parser.add_argument("--davis_root", help="the DAVIS-2017 folder with ImageSets/2017/val.txt and "
                                              "Annotations_unsupervised/480p; after inference, evaluates the four "
                                              "annotators and prints their mean")

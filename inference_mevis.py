@@ -20,23 +20,19 @@ MeViS v1 and v2 differ (valid_u: 793 or 907 expressions; valid: 2,236 or 2,523) 
 comparable: both modes say which one the json is ("version", "unknown" for any other count).
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from datasets.mevis import count_expressions, mevis_version, read_mevis_meta
 from datasets.ytvos import first_frame_sizes
-from inference_ytvos import add_model_arguments, load_predictor, score_table, segment_video_files
-from util.atomic_write import write_folder
+from inference.cli import add_data_arguments, add_model_arguments, load_predictor
+from inference.videos import write_video_masks
+from inference.writers import expected_masks, write_submission_zip
+from metrics.protocols import score
 from util.cli import exit_on_user_error
 from util.config import save_config
-from metrics.mevis import score_mevis
-from inference.writers import expected_masks, write_submission_zip
 
 SPLITS = ("valid_u", "valid")
-JSON_KEYS = ("J", "F", "JF", "expressions", "version", "per_expression")
 
 
 def describe_split(split: str, videos: dict) -> str:
@@ -45,14 +41,6 @@ def describe_split(split: str, videos: dict) -> str:
     version = mevis_version(split, count)
     name = f"MeViS {version}" if version != "unknown" else "not a MeViS v1/v2 release count"
     return f"{name} {split}: {len(videos)} videos, {count} expressions"
-
-
-def write_predictions(predictor, data_root: Path, split: str, videos: dict, output_dir: Path,
-                      clip_len: int | None, progress: bool = True) -> None:
-    """Segment every expression of ``videos`` into ``output_dir/<video>/<exp_id>/<frame>.png`` (one atomic folder
-    per video); ``clip_len`` frames a forward pass (None: the whole video); ``progress``: show a progress bar."""
-    for video, entry in tqdm(sorted(videos.items()), desc="videos", unit="video", disable=not progress):
-        write_folder(output_dir / video, segment_video_files(predictor, data_root, split, video, entry, clip_len))
 
 
 def run_inference(args: argparse.Namespace) -> int:
@@ -66,7 +54,7 @@ def run_inference(args: argparse.Namespace) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(predictor.cfg, output_dir / "config.yaml")
     clip_len = args.clip_len or predictor.cfg["inference"]["clip_len"]
-    write_predictions(predictor, data_root, args.split, videos, output_dir, clip_len)
+    write_video_masks(predictor, data_root, args.split, videos, output_dir, clip_len)
     if args.split == "valid":
         zip_path = output_dir / "submission.zip"
         write_submission_zip(output_dir, zip_path, expected)
@@ -79,10 +67,7 @@ def run_inference(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    scores = score_mevis(args.pred_dir, args.gt_root, args.split)
-    print(f"MeViS {scores['version']} {args.split}: {scores['expressions']} expressions")
-    print(score_table(scores))
-    print(json.dumps({key: scores[key] for key in JSON_KEYS}))
+    score("mevis", args.pred_dir, args.gt_root, args.split).print()  # what evaluate.py --protocol mevis prints
     return 0
 
 
@@ -96,15 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gt_root", help="--score: MeViS root with <split>/meta_expressions.json and "
                                           "<split>/mask_dict.json")
     add_model_arguments(parser)
-    parser.add_argument("--data_root", help="MeViS root holding <split>/JPEGImages and <split>/meta_expressions.json "
-                                            "(default: the config's `data_root`)")
-    parser.add_argument("--split", default="valid_u", choices=SPLITS,
-                        help="valid_u (ground truth in mask_dict.json: score it with --score) or valid (no masks: "
-                             "inference also writes submission.zip for the server) (default: valid_u)")
-    parser.add_argument("--output_dir", help="where <video>/<exp_id>/<frame>.png, config.yaml and, for valid, "
-                                             "submission.zip are written")
-    parser.add_argument("--clip_len", type=int,
-                        help="frames per forward pass (default: the config's inference.clip_len)")
+    add_data_arguments(
+        parser, data_root="MeViS root holding <split>/JPEGImages and <split>/meta_expressions.json (default: the "
+                          "config's `data_root`)",
+        split="valid_u (ground truth in mask_dict.json: score it with --score) or valid (no masks: inference also "
+              "writes submission.zip for the server) (default: valid_u)", split_choices=SPLITS, split_default="valid_u",
+        output_dir="where <video>/<exp_id>/<frame>.png, config.yaml and, for valid, submission.zip are written",
+        clip_len="frames per forward pass (default: the config's inference.clip_len)")
     return parser
 
 

@@ -16,46 +16,21 @@ the 305 of the test split; the videos of ``meta_expressions/test/meta_expression
 file is present.
 """
 import argparse
-import json
 import sys
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
-from PIL import Image
-from tqdm import tqdm
-
-from datasets import load_frames, read_meta_expressions
+from datasets import read_meta_expressions
 from datasets.ytvos import first_frame_sizes, meta_expressions_path, read_meta_json
-from util.atomic_write import write_folder
+from inference.cli import add_data_arguments, add_model_arguments, load_predictor
+from inference.videos import write_video_masks
+from inference.writers import check_zip, expected_masks, write_submission_zip
+from metrics.protocols import score
 from util.cli import exit_on_user_error
-from util.config import load_config, save_config
-from inference.writers import check_zip, expected_masks, mask_png_bytes, write_submission_zip
-from metrics.ytvos import score_predictions
+from util.config import save_config
 
 TEST_JSON_HINT = ("the Ref-YouTube-VOS download's meta_expressions/test/meta_expressions.json; ReferFormer issue #6 "
                   "links it")
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags that load a trained model (shared with ``inference_davis.py``)."""
-    parser.add_argument("--checkpoint", metavar="PATH",
-                        help="trained model: a checkpoint of main.py (.pth, e.g. <output_dir>/last.pth) or a folder "
-                             "written by Predictor.save_pretrained (config.yaml + model.safetensors)")
-    parser.add_argument("--config", help="YAML config to use instead of the one stored with --checkpoint (its "
-                                         "model must match the stored weights)")
-    parser.add_argument("--weights", help="folder of the pretrained components (default: the config's `weights`)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs")
-    parser.add_argument("--amp", default="none", choices=("none", "bf16"),
-                        help="bf16 autocast of the forward pass (for CUDA)")
-
-
-def load_predictor(args: argparse.Namespace):
-    """The ``Predictor`` that ``add_model_arguments``' flags describe."""
-    from inference.predictor import Predictor  # torch and the model only for the modes that run it
-
-    cfg = load_config(args.config) if args.config else None
-    return Predictor.load(args.checkpoint, args.weights, cfg, args.device, args.amp)
 
 
 def read_test_videos(path: Path) -> set[str]:
@@ -85,29 +60,6 @@ def submission_videos(data_root: Path, split: str) -> dict:
     return kept
 
 
-def lazy_frames(data_root: Path, split: str, video: str, frame_names: list[str]) -> Iterator[tuple[str, Image.Image]]:
-    """``(frame name, RGB frame)`` of ``<data_root>/<split>/JPEGImages/<video>``, each decoded when it is read."""
-    return ((name, load_frames(data_root, split, video, [name])[0]) for name in frame_names)
-
-
-def segment_video_files(predictor, data_root: Path, split: str, video: str, entry: dict, clip_len: int | None = None,
-                        threshold: float | None = None) -> dict[str, bytes]:
-    """``{"<exp_id>/<frame>.png": PNG bytes}`` of every expression of one json ``entry``, its frames decoded,
-    segmented and encoded clip by clip (``Predictor.stream``), so that only the video's PNGs are ever all held.
-
-    clip_len: frames a forward pass (None: the whole video); threshold: default the config's inference.threshold.
-    """
-    exp_ids = list(entry["expressions"])
-    sentences = [entry["expressions"][exp_id]["exp"] for exp_id in exp_ids]
-    threshold = predictor.threshold if threshold is None else threshold
-    files = {}
-    frames = lazy_frames(data_root, split, video, entry["frames"])
-    for frame, _, probabilities in predictor.stream(frames, sentences, clip_len):  # probabilities [K, H, W]
-        files.update({f"{exp_id}/{frame}.png": mask_png_bytes(mask)
-                      for exp_id, mask in zip(exp_ids, probabilities > threshold)})
-    return files
-
-
 def run_inference(args: argparse.Namespace) -> int:
     predictor = load_predictor(args)
     data_root = Path(args.data_root or predictor.cfg["data_root"])
@@ -125,9 +77,7 @@ def run_inference(args: argparse.Namespace) -> int:
     if len(todo) < len(videos):
         print(f"--skip_existing: keeping {len(videos) - len(todo)} video folders already in {annotations}",
               file=sys.stderr)
-    for video, entry in tqdm(todo.items(), desc="videos", unit="video"):
-        write_folder(annotations / video, segment_video_files(predictor, data_root, args.split, video, entry,
-                                                              args.clip_len, args.threshold))
+    write_video_masks(predictor, data_root, args.split, todo, annotations, args.clip_len, args.threshold)
     zip_path = output_dir / "submission.zip"
     write_submission_zip(output_dir, zip_path, expected)
     print(f"wrote {len(expected)} masks of {len(videos)} videos to {annotations} and {zip_path}")
@@ -154,21 +104,8 @@ def run_check_zip(args: argparse.Namespace) -> int:
     return 0
 
 
-def score_table(scores: dict) -> str:
-    """The J, F and J&F of every expression kind and of all expressions, as aligned text."""
-    rows = [(kind, values["count"], values) for kind, values in scores["by_kind"].items()]
-    rows.append(("all", len(scores["per_expression"]), scores))
-    width = max(len("kind"), *(len(str(kind)) for kind, _, _ in rows))
-    lines = [f"{'kind':<{width}}  {'count':>6}  {'J':>6}  {'F':>6}  {'J&F':>6}"]
-    lines += [f"{kind:<{width}}  {count:>6}  {values['J']:6.4f}  {values['F']:6.4f}  {values['JF']:6.4f}"
-              for kind, count, values in rows]
-    return "\n".join(lines)
-
-
 def run_score(args: argparse.Namespace) -> int:
-    scores = score_predictions(args.pred_dir, args.gt_root, args.split)
-    print(score_table(scores))
-    print(json.dumps({key: scores[key] for key in ("J", "F", "JF", "per_expression", "by_kind")}))
+    score("ytvos", args.pred_dir, args.gt_root, args.split).print()  # what evaluate.py --protocol ytvos prints
     return 0
 
 
@@ -183,14 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="check that ZIP is a complete submission for --data_root's --split: lists missing PNGs, "
                            "wrong sizes or values and extra files; exit code 1 if anything is wrong")
     add_model_arguments(parser)
-    parser.add_argument("--data_root", help="dataset root in the Ref-YouTube-VOS layout (default: the config's "
-                                            "`data_root`)")
-    parser.add_argument("--split", default="valid",
-                        help="split folder and meta_expressions/<split> json to predict, check or score; the "
-                             "videos of meta_expressions/test are dropped from 'valid' (default: valid)")
-    parser.add_argument("--output_dir", help="where Annotations/, submission.zip and config.yaml are written")
-    parser.add_argument("--clip_len", type=int,
-                        help="frames per forward pass (default: the whole video in one pass, as in the paper)")
+    add_data_arguments(
+        parser, data_root="dataset root in the Ref-YouTube-VOS layout (default: the config's `data_root`)",
+        split="split folder and meta_expressions/<split> json to predict, check or score; the videos of "
+              "meta_expressions/test are dropped from 'valid' (default: valid)",
+        output_dir="where Annotations/, submission.zip and config.yaml are written",
+        clip_len="frames per forward pass (default: the whole video in one pass, as in the paper)")
     parser.add_argument("--threshold", type=float,
                         help="probability above which a pixel is foreground (default: the config's "
                              "inference.threshold)")

@@ -39,7 +39,7 @@ from torch.optim.lr_scheduler import MultiStepLR
 from torch.utils.data import DataLoader
 
 from datasets import build_dataset
-from engine import AMP_DTYPES, train_one_epoch
+from engine import train_one_epoch
 from models import build_model
 from util.atomic_write import atomic_write
 from util.checkpoint import (CheckpointError, InitReport, build_checkpoint, capture_rng_state, epoch_checkpoint_name,
@@ -48,8 +48,9 @@ from util.checkpoint import (CheckpointError, InitReport, build_checkpoint, capt
 from util.config import (ConfigError, apply_overrides, differing_keys, get_key, load_config, save_config,
                          upgrade_saved_config)
 from util.cli import exit_on_user_error
+from util.amp import AMP_DTYPES
 from util.distributed import (all_gather_objects, any_rank_max, cleanup, epoch_order, init_distributed,
-                              is_main_process)
+                              is_main_process, rank_device)
 from util.graceful_stop import GracefulStop
 from util.nested_tensor import collate_clips
 from util.train_log import TrainLog
@@ -214,7 +215,7 @@ def train(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> int:
 
 
 def _train(args, cfg, checkpoint, rank, world_size, local_rank, stop: GracefulStop) -> int:
-    device = torch.device("cuda", local_rank) if args.device == "cuda" else torch.device("cpu")
+    device = rank_device(args.device, local_rank)
     train_cfg, seed = cfg["train"], cfg["seed"]
     batch_size, max_steps = train_cfg["batch_size"], train_cfg["max_steps"]
     output_dir = Path(cfg["output_dir"])
@@ -331,7 +332,7 @@ def evaluate(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> in
         if checkpoint is not None:
             load_model_weights(model, checkpoint["model"])
         init_from(model, args)
-        model.to(torch.device("cuda", local_rank) if args.device == "cuda" else torch.device("cpu"))
+        model.to(rank_device(args.device, local_rank))
         model.eval()
         run_evaluation(model, cfg, args)
     finally:

@@ -37,6 +37,8 @@ from datasets.transforms_video import make_test_transforms
 from datasets.ytvos import normalize_caption
 from models import build_model
 from models.pretrained import load_pretrained
+from inference.clips import check_clip
+from util.amp import INFERENCE_AMP, autocast, check_amp
 from util.atomic_write import write_folder
 from util.checkpoint import load_checkpoint, load_model_weights, trainable_state_dict
 from util.config import load_config, upgrade_saved_config
@@ -44,38 +46,6 @@ from util.nested_tensor import nested_tensor_from_videos
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
-
-
-def clip_windows(num_frames: int, clip_len: int | None, overlap: int = 0) -> list[tuple[int, int]]:
-    """``(start, stop)`` frame ranges of consecutive clips that cover ``num_frames`` frames.
-
-    Each clip has ``clip_len`` frames (the last one may be shorter) and starts ``clip_len - overlap`` frames after
-    the previous one; ``clip_len`` None gives the whole video as one clip. ``clip_windows(5, 3, 1)`` is
-    ``[(0, 3), (2, 5)]``.
-    """
-    if num_frames < 1:
-        raise ValueError(f"a video needs at least one frame, got {num_frames}")
-    check_clip(clip_len, overlap)
-    if clip_len is None:
-        return [(0, num_frames)]
-    windows, start = [], 0
-    while True:
-        stop = min(start + clip_len, num_frames)
-        windows.append((start, stop))
-        if stop == num_frames:
-            return windows
-        start = stop - overlap
-
-
-def check_clip(clip_len: int | None, overlap: int) -> None:
-    """ValueError unless ``clip_len`` is None (whole video, ``overlap`` 0) or ``clip_len >= 1`` and
-    ``0 <= overlap < clip_len``."""
-    if clip_len is None:
-        if overlap != 0:
-            raise ValueError(f"overlap needs clip_len (clips to overlap), got clip_len=None, overlap={overlap}")
-    elif clip_len < 1 or not 0 <= overlap < clip_len:
-        raise ValueError(f"need clip_len >= 1 and 0 <= overlap < clip_len, got clip_len={clip_len}, overlap={overlap}")
 
 
 def as_pil_frames(frames) -> list[Image.Image]:
@@ -135,8 +105,7 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, cfg: dict, device: str | torch.device = "cpu", amp: str = "none",
                  captions_per_pass: int | None = None):
-        if amp not in AMP_DTYPES:
-            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
+        check_amp(amp, INFERENCE_AMP)
         if captions_per_pass is not None and captions_per_pass < 1:
             raise ValueError(f"captions_per_pass must be None (all at once) or >= 1, got {captions_per_pass}")
         self.captions_per_pass = captions_per_pass
@@ -271,13 +240,11 @@ class Predictor:
         video, _ = self.transforms(frames, {}, random.Random(0))  # [t, 3, h, w]; the test transforms draw nothing
         resized_h, resized_w = video.shape[-2:]
         samples = nested_tensor_from_videos([video], self.size_divisibility).to(self.device)
-        dtype = AMP_DTYPES[self.amp]
-        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         step = self.captions_per_pass or len(sentences)
         chunks = [sentences[start:start + step] for start in range(0, len(sentences), step)]
         # Several chunks: the backbone encodes the clip's frames once for all of them.
         reuse = self.model.backbone.reusing_frames() if len(chunks) > 1 else nullcontext()
-        with autocast, reuse:
+        with autocast(self.device, self.amp, INFERENCE_AMP), reuse:
             logits = torch.cat([self.model(samples, chunk)["pred_masks"] for chunk in chunks])
         logits = logits[:, :, :resized_h, :resized_w].float()  # [K, t, h, w]
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)

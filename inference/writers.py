@@ -7,7 +7,6 @@ incomplete zip is never written or uploaded unnoticed. Writers put one video's m
 ``util.atomic_write.write_folder``, so an interrupted run never leaves a half-written video folder behind.
 """
 import io
-import os
 import zipfile
 from collections import Counter
 from dataclasses import dataclass
@@ -17,6 +16,9 @@ import numpy as np
 from PIL import Image
 
 from datasets.ytvos import exp_id_order
+from util.atomic_write import atomic_write
+
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip header holds
 
 
 @dataclass(frozen=True)
@@ -126,15 +128,27 @@ def write_submission_zip(root: Path, zip_path: Path, expected: list[ExpectedMask
     """Zip the ``expected`` PNGs under ``root`` to ``zip_path``, under the same names, after checking they are
     complete (Ref-YouTube-VOS: ``Annotations/`` at the zip root; MeViS: the video folders).
 
-    Raises ValueError listing the problems instead of writing an incomplete zip; the zip appears atomically.
+    Raises ValueError listing the problems instead of writing an incomplete zip; the zip appears atomically
+    (``util.atomic_write.atomic_write``: a failure leaves neither a partial zip nor a temporary file). The members
+    carry a fixed date and mode (``zip_member``), so the bytes depend on the PNGs only.
     """
     problems = check_tree(root, expected)
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise ValueError(f"the submission under {root} is incomplete ({len(problems)} problems):\n  {shown}{more}")
-    temporary = zip_path.with_name(zip_path.name + ".tmp")
-    with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for item in expected:
-            archive.write(root / item.name, arcname=item.name)
-    os.replace(temporary, zip_path)
+    def write(file) -> None:
+        with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for item in expected:
+                archive.writestr(zip_member(item.name), (root / item.name).read_bytes())
+
+    atomic_write(zip_path, write)
+
+
+def zip_member(name: str) -> zipfile.ZipInfo:
+    """A deflated zip entry whose header holds nothing but ``name``: a fixed date (1980-01-01) and mode 0644, so
+    that the same PNGs give the same zip bytes however, whenever and by how many processes they were written."""
+    info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o100644 << 16  # a regular file, rw-r--r--
+    return info

@@ -119,3 +119,25 @@ def a2d_metrics(predictions: list[dict], ground_truth: dict) -> dict:
            "mean_iou": float(np.mean(ious))}
     out.update({f"P@{k}": float(np.mean(ious > k)) for k in PRECISION_THRESHOLDS})
     return out
+
+
+def top1_predictions(predictions: list[dict]) -> list[dict]:
+    """The highest-scoring prediction per image_id (on a tie the later one, as ``a2d_metrics`` picks it)."""
+    best = {}
+    for prediction in predictions:
+        current = best.get(prediction["image_id"])
+        if current is None or prediction["score"] >= current["score"]:
+            best[prediction["image_id"]] = prediction
+    return list(best.values())
+
+
+def a2d_results(predictions: list[dict], ground_truth: dict) -> dict:
+    """What the A2D / JHMDB protocol reports: ``a2d_metrics`` over all slots' predictions, the mAP of the
+    top-scoring slot alone (``mAP_top1``, ``AP50_top1``, ``AP75_top1``; ReferFormer#39), ``num_samples`` and
+    ``"map_over": "all_queries"``."""
+    results = a2d_metrics(predictions, ground_truth)
+    top1 = a2d_metrics(top1_predictions(predictions), ground_truth)
+    results.update({f"{key}_top1": top1[key] for key in ("mAP", "AP50", "AP75")})
+    results["num_samples"] = len(ground_truth["images"])
+    results["map_over"] = "all_queries"
+    return results

@@ -167,3 +167,31 @@ def summarize(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
         "F_recall": float(np.mean(f_stats[:, 1])), "F_decay": float(np.mean(f_stats[:, 2])),
         "per_object": per_object,
     }
+
+
+# ------------------------------------------------------------------------------------ Ref-DAVIS17's annotators
+
+NUM_ANNOTATORS = 4  # Ref-DAVIS17's four expression sets: annot1-first, annot1-full, annot2-first, annot2-full
+
+
+def annotator_folders(results_dir: Path) -> list[Path] | None:
+    """The ``anno_0..anno_3`` folders under ``results_dir``; None when it holds none (a single annotator)."""
+    folders = [Path(results_dir) / f"anno_{annotator}" for annotator in range(NUM_ANNOTATORS)]
+    present = [folder.is_dir() for folder in folders]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = [str(folder) for folder, here in zip(folders, present) if not here]
+        raise FileNotFoundError(f"{results_dir} holds some annotator folders but not {missing}; run the inference "
+                                f"for all four, or pass one anno_<a> folder as --results_dir")
+    return folders
+
+
+def evaluate_annotators(davis_root: Path, folders: list[Path], split: str = "val") -> dict:
+    """Evaluate each annotator's folder; ``{"J", "F", "JF"}`` means over them and ``per_annotator``."""
+    per_annotator = {}
+    for folder in folders:
+        result = evaluate_davis_unsupervised(davis_root, folder, split=split)
+        per_annotator[folder.name] = {key: result[key] for key in ("J", "F", "JF", "per_object")}
+    means = {key: float(np.mean([result[key] for result in per_annotator.values()])) for key in ("J", "F", "JF")}
+    return {**means, "per_annotator": per_annotator}

@@ -8,7 +8,8 @@
 Each sample is one (image, sentence) of a val json; the prediction is the mask of the query slot with the best score
 (``models.hcd.best_query``, what ``inference.predictor.Predictor`` refines), thresholded at
 ``inference.threshold`` at the original image size, against the sample's mask at that size. ``refcoco_scores`` is
-the pure part; ``evaluate_refcoco`` runs a model over the val sets (``main.py --eval`` on dataset ``refcoco``).
+the pure part; ``evaluate.evaluate_refcoco`` runs a model over the val sets (``main.py --eval`` on dataset
+``refcoco``) and ``metrics.tables.refcoco_table`` prints them.
 """
 import numpy as np
 
@@ -37,42 +38,3 @@ def refcoco_scores(counts: list[tuple[int, int]]) -> dict:
     scores.update({f"P@{x}": float((ious > x).mean()) for x in PRECISION_THRESHOLDS})
     scores["samples"] = len(counts)
     return scores
-
-
-def evaluate_refcoco(model, cfg: dict, amp: str = "none") -> dict:
-    """Scores of ``model`` on the val json of each set of ``data.refcoco_sets`` (null: refcoco, refcoco+, refcocog)
-    under ``data_root``: ``{set: refcoco_scores(...)}`` on rank 0, {} on the others. Under torchrun every rank
-    segments every world_size-th sample."""
-    from tqdm import tqdm
-
-    from datasets.refcoco import SETS, RefCOCOImages
-    from inference.predictor import Predictor
-    from util.distributed import all_gather_objects, get_rank, get_world_size, is_main_process
-
-    if amp == "fp16":
-        raise ValueError("the RefCOCO evaluation runs in fp32 or bf16: pass --amp none or --amp bf16")
-    predictor = Predictor(model, cfg, next(model.parameters()).device, amp)
-    results = {}
-    for name in cfg["data"]["refcoco_sets"] or SETS:
-        dataset = RefCOCOImages(cfg["data_root"], name, "val")  # every set is checked before any inference
-        counts = []
-        for index in tqdm(range(get_rank(), len(dataset), get_world_size()), desc=f"eval {name}", unit="image",
-                          disable=not is_main_process()):
-            image, sentence, mask = dataset[index]
-            predicted = predictor.segment([image], [sentence])[0, 0]  # bool [H, W] at the image's size
-            counts.append(intersection_union(predicted, mask))
-        gathered = all_gather_objects(counts)
-        if is_main_process():
-            results[name] = refcoco_scores([count for rank_counts in gathered for count in rank_counts])
-    return results if is_main_process() else {}
-
-
-def refcoco_table(results: dict) -> str:
-    lines = ["RefCOCO-family val, top query per sample: oIoU = sum of intersections / sum of unions, mIoU = mean "
-             "per-sample IoU"]
-    lines.append(f"{'set':<10} {'samples':>8} {'oIoU':>7} {'mIoU':>7} " + " ".join(f"{'P@' + str(x):>6}"
-                                                                             for x in PRECISION_THRESHOLDS))
-    for name, scores in results.items():
-        lines.append(f"{name:<10} {scores['samples']:>8} {100 * scores['oIoU']:7.2f} {100 * scores['mIoU']:7.2f} "
-                     + " ".join(f"{100 * scores[f'P@{x}']:6.1f}" for x in PRECISION_THRESHOLDS))
-    return "\n".join(lines)

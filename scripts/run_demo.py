@@ -24,6 +24,7 @@ from PIL import Image
 
 from datasets.ytvos import meta_expressions_path, read_meta_json
 from inference.writers import mask_png_bytes
+from metrics.tables import demo_table
 from util.config import get_key, load_config
 from util.visualisation import mask_color, overlay_frame
 
@@ -215,11 +216,7 @@ def main() -> None:
     if mevis is not None:
         metrics["mevis"] = mevis
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"\n{'':<12}{'J':>7}{'F':>7}{'J&F':>7}{'random':>8}")
-    for kind, value in sorted(metrics["by_kind"].items()):
-        print(f"{kind:<12}{value['J']:>7.3f}{value['F']:>7.3f}{value['JF']:>7.3f}"
-              f"{metrics['baseline_by_kind'].get(kind, float('nan')):>8.3f}")
-    print(f"{'overall':<12}{metrics['J']:>7.3f}{metrics['F']:>7.3f}{metrics['JF']:>7.3f}{metrics['baseline_JF']:>8.3f}")
+    print("\n" + demo_table(metrics))
     print(f"\nmetrics: {out / 'metrics.json'}   predictions: {out / 'predictions.gif'}   "
           f"submission: {predictions / 'submission.zip'}   ({metrics['total_seconds']:.0f} s)")
 

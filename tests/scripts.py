@@ -12,3 +12,16 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def scorer_output(argv: list[str]) -> str:
+    """What ``python evaluate.py <argv>`` (the one scorer) prints on stdout; it must exit with status 0."""
+    import contextlib
+    import io
+
+    import evaluate
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert evaluate.main(argv) == 0
+    return out.getvalue()

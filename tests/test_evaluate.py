@@ -23,7 +23,8 @@ from torch.nn import functional as F
 from datasets import load_frames, read_meta_expressions
 from datasets.transforms_video import make_test_transforms
 from datasets.ytvos import load_object_masks, normalize_caption
-from evaluate import PREDICTION_DIR, annotated_frame_predictions, run_evaluation, top1_predictions
+from evaluate import PREDICTION_DIR, annotated_frame_predictions, run_evaluation
+from metrics.a2d import top1_predictions
 from models import build_model
 from models.pretrained import load_pretrained
 from util.config import load_config
@@ -202,6 +203,21 @@ def test_a2d_stand_in_with_ground_truth_on_the_annotated_frame_scores_one(a2d_ro
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+def test_evaluate_py_protocol_a2d_rescores_the_kept_predictions_to_the_same_json(a2d_root, tmp_path, capsys):
+    from tests.scripts import scorer_output
+
+    masks = {sentence: mask for *_, sentence, mask in A2D_SAMPLES}
+    # The distractor wins the top slot: mAP 0.5, IoU 0, so the numbers are not all one.
+    results = run_evaluation(AnnotatedFrameStandIn(masks, distractor_wins=True), a2d_config(a2d_root, tmp_path),
+                             NO_AMP)
+    printed = capsys.readouterr().out
+    kept = tmp_path / "eval_a2d"
+    assert sorted(path.name for path in kept.iterdir()) == ["ground_truth.json", "predictions.json"]
+    assert scorer_output(["--protocol", "a2d", "--pred_dir", str(kept), "--gt_root", str(kept)]) == printed
+    assert json.loads(printed.splitlines()[-1]) == results and results["mAP"] == pytest.approx(0.5)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a2d_ground_truth_on_frame_0_instead_of_the_annotated_frame_scores_zero(a2d_root, tmp_path):
     masks = {sentence: mask for *_, sentence, mask in A2D_SAMPLES}
     results = run_evaluation(AnnotatedFrameStandIn(masks, gt_frame="first"), a2d_config(a2d_root, tmp_path), NO_AMP)
@@ -315,6 +331,18 @@ def test_refshapes_stand_in_with_the_ground_truth_scores_one(refshapes_root, tmp
     assert results["J"] == pytest.approx(1.0) and results["F"] == pytest.approx(1.0)
     assert all(kind["JF"] == pytest.approx(1.0) for kind in results["by_kind"].values())
     assert refshapes_tree_problems(refshapes_root, tmp_path / "out" / PREDICTION_DIR) == []
+
+
+def test_davis_config_says_its_numbers_are_the_ytvos_protocol(refshapes_root, tmp_path, capsys):
+    cfg = refshapes_config(refshapes_root, Path("unused"), tmp_path / "out")
+    cfg.update(dataset="davis")
+    cfg["inference"]["clip_len"] = 8  # the fixture's videos have 8 frames: the stand-in sees each whole
+    results = run_evaluation(GroundTruthVideoStandIn(refshapes_root, 64), cfg, NO_AMP)
+    assert results["protocol"] == "ytvos" and results["JF"] == pytest.approx(1.0)
+    assert set(results) == {"J", "F", "JF", "by_kind", "protocol"}
+    out = capsys.readouterr().out
+    assert "inference_davis.py (evaluate.py --protocol davis)" in out.splitlines()[0]
+    assert json.loads(out.splitlines()[-1]) == results
 
 
 def test_unknown_dataset_and_fp16_on_refshapes_are_refused(refshapes_root, tmp_path):

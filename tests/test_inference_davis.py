@@ -160,3 +160,17 @@ def test_eval_only_on_hand_made_results(davis, tmp_path):
 def test_every_flag_has_help():
     for action in inference_davis.build_parser()._actions:
         assert action.help and len(action.help) > 10, action.dest
+
+
+def test_evaluate_py_protocol_davis_prints_what_eval_only_prints(davis, tmp_path):
+    from tests.scripts import scorer_output
+
+    _, davis_root = davis
+    for annotator in range(4):  # the annotators' bands are shifted by 0..3 pixels: four different scores
+        write_results(tmp_path / f"anno_{annotator}",
+                      lambda n, i, a=annotator: np.roll(object_labels(n, i), a, axis=1))
+    for results_dir in (tmp_path, tmp_path / "anno_2"):
+        code, out = run(["--eval_only", "--davis_root", str(davis_root), "--results_dir", str(results_dir)])
+        assert code == 0
+        assert scorer_output(["--protocol", "davis", "--pred_dir", str(results_dir), "--gt_root",
+                              str(davis_root)]) == out

@@ -195,3 +195,12 @@ def test_command_line_errors(argv, message, capsys):
 def test_every_flag_has_help():
     for action in inference_mevis.build_parser()._actions:
         assert action.help and len(action.help) > 10, action.dest
+
+
+def test_evaluate_py_protocol_mevis_prints_what_score_prints(valid_u_run, mevis_root):
+    from tests.scripts import scorer_output
+
+    pred_dir = valid_u_run[0]
+    code, out, _ = run(["--score", "--pred_dir", str(pred_dir), "--gt_root", str(mevis_root), "--split", "valid_u"])
+    assert code == 0
+    assert scorer_output(["--protocol", "mevis", "--pred_dir", str(pred_dir), "--gt_root", str(mevis_root)]) == out

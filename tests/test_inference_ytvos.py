@@ -225,3 +225,13 @@ def test_config_flag_replaces_the_stored_config(model_dir, tmp_path):
 def test_every_flag_has_help():
     for action in inference_ytvos.build_parser()._actions:
         assert action.help and len(action.help) > 10, action.dest
+
+
+def test_evaluate_py_protocol_ytvos_prints_what_score_prints(refshapes_root, tmp_path):
+    from tests.scripts import scorer_output
+
+    left = np.arange(64) < 40  # the objects' left parts only: a score strictly between 0 and 1
+    pred_dir = write_tree(tmp_path / "half", refshapes_root, lambda ids, obj: (ids == obj) & left)
+    code, out, _ = run(["--score", "--pred_dir", str(pred_dir), "--gt_root", str(refshapes_root), "--split", "valid"])
+    assert code == 0 and 0.0 < json.loads(out.splitlines()[-1])["JF"] < 1.0
+    assert scorer_output(["--protocol", "ytvos", "--pred_dir", str(pred_dir), "--gt_root", str(refshapes_root)]) == out

@@ -51,6 +51,12 @@ def init_distributed(device: str) -> tuple[int, int, int]:
     return rank, world_size, local_rank
 
 
+def rank_device(device: str, local_rank: int) -> torch.device:
+    """Where this process runs: GPU ``local_rank`` for ``device="cuda"`` (as ``init_distributed`` set it), else
+    the CPU."""
+    return torch.device("cuda", local_rank) if device == "cuda" else torch.device("cpu")
+
+
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """The element-wise mean of ``tensor`` over all ranks (a new tensor; the input is unchanged)."""
     if not is_distributed():

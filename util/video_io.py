@@ -14,11 +14,14 @@ import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from util.atomic_write import atomic_write
+from util.errors import UserInputError
+
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 DEFAULT_FOLDER_FPS = 10.0
 
 
-class VideoReadError(ValueError):
+class VideoReadError(UserInputError):
     """A video file or frame folder that cannot be read as a video."""
 
 
@@ -188,14 +191,9 @@ class GifWriter:
     def close(self) -> None:
         if not self._frames:
             raise ValueError(f"no frames were written to {self.path}; a GIF needs at least one")
-        staging = _staging_path(self.path)
-        try:
-            first, *rest = self._frames
-            first.save(staging, save_all=True, append_images=rest, duration=self.duration_ms, loop=0)
-            os.replace(staging, self.path)
-        except BaseException:
-            staging.unlink(missing_ok=True)
-            raise
+        first, *rest = self._frames
+        atomic_write(self.path, lambda file: first.save(file, format="GIF", save_all=True, append_images=rest,
+                                                        duration=self.duration_ms, loop=0))
 
     def __enter__(self) -> "GifWriter":
         return self

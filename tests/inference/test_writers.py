@@ -60,3 +60,45 @@ def test_a_png_declaring_a_huge_size_is_not_decoded(tmp_path):
     entries[0] = (entries[0][0], bytes(png))
     (problem,) = check_zip(write(tmp_path / "bomb.zip", entries), EXPECTED)
     assert problem.startswith(EXPECTED[0].name) and ("(100000, 100000)" in problem or "unreadable PNG" in problem)
+
+
+def write_tree(root, entries):
+    for name, data in entries:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
+def test_submission_zip_bytes_depend_on_the_pngs_only(tmp_path):
+    from inference.writers import write_submission_zip
+    import os
+
+    first = write_tree(tmp_path / "a", good_entries())
+    second = write_tree(tmp_path / "b", good_entries())
+    os.utime(second / EXPECTED[0].name, (0, 1_000_000_000))  # another date, as another process would leave
+    write_submission_zip(first, tmp_path / "a.zip", EXPECTED)
+    write_submission_zip(second, tmp_path / "b.zip", EXPECTED)
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
+    assert check_zip(tmp_path / "a.zip", EXPECTED) == []
+
+
+def test_a_failing_zip_write_leaves_the_old_zip_and_no_temporary_file(tmp_path, monkeypatch):
+    from inference import writers
+
+    root = write_tree(tmp_path / "tree", good_entries())
+    zip_path = tmp_path / "out" / "submission.zip"
+    zip_path.parent.mkdir()
+    zip_path.write_bytes(b"the old zip")
+    calls = []
+
+    def failing_member(name):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return zipfile.ZipInfo(name)
+
+    monkeypatch.setattr(writers, "zip_member", failing_member)
+    with pytest.raises(OSError, match="disk full"):
+        writers.write_submission_zip(root, zip_path, EXPECTED)
+    assert [path.name for path in zip_path.parent.iterdir()] == ["submission.zip"]
+    assert zip_path.read_bytes() == b"the old zip"
