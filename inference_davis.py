@@ -14,22 +14,27 @@ unsupervised protocol (``metrics.davis``, ``evaluate.py --protocol davis``); the
 the four annotators. This is the protocol of Ref-DAVIS17's published numbers; ``main.py --eval`` of a davis config
 scores each expression's own mask instead (``evaluate.py --protocol ytvos``, docs in ``metrics/protocols.py``), which
 gives a different number.
+
+Under ``torchrun --nproc_per_node N`` each process segments its share of the videos (``inference/sharding.py``,
+balanced by frame count) and rank 0 alone writes the scores once all are written; the same command again resumes a
+job that stopped.
 """
 import argparse
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from datasets import read_meta_expressions
 from datasets.errors import DatasetFormatError
 from inference.cli import add_data_arguments, add_model_arguments, load_predictor
+from inference.sharding import folder_holds, run_record, sharded_run
 from inference.videos import lazy_frames
 from metrics.davis import NUM_ANNOTATORS
 from metrics.protocols import score
 from util.atomic_write import write_folder
 from util.cli import exit_on_user_error
 from util.davis_palette import palette_png_bytes
+from util.distributed import INFERENCE_TIMEOUT, cleanup, init_distributed
 
 BACKGROUND_SCORE = 0.1
 
@@ -61,22 +66,45 @@ def object_ids(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return np.concatenate([background, scores]).argmax(axis=0).astype(np.uint8)
 
 
-def run_inference(args: argparse.Namespace) -> None:
-    """Write the palette PNGs of every annotator to ``<output_dir>/anno_<a>``."""
+def run_inference(args: argparse.Namespace) -> bool:
+    """Write the palette PNGs of every annotator to ``<output_dir>/anno_<a>``; under torchrun each rank writes
+    its share of the videos. True on rank 0 once all are written (it then scores them), False on the others."""
+    rank, _, _ = init_distributed(args.device, INFERENCE_TIMEOUT)
+    try:
+        return _run_inference(args, rank)
+    finally:
+        cleanup()
+
+
+def _run_inference(args: argparse.Namespace, rank: int) -> bool:
     predictor = load_predictor(args)
     data_root = Path(args.data_root or predictor.cfg["data_root"])
     clip_len = predictor.cfg["inference"]["clip_len"] if args.clip_len is None else args.clip_len
     output_dir = Path(args.output_dir)
     folders = [output_dir / f"anno_{annotator}" for annotator in range(NUM_ANNOTATORS)]
     videos = read_meta_expressions(data_root, args.split)
-    for video, entry in tqdm(sorted(videos.items()), desc="videos", unit="video"):
+    for video, entry in videos.items():  # every video's grouping is checked before anything is written
+        annotator_sentences(video, entry["expressions"])
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    def segment(video: str, entry: dict) -> None:
         for folder, sentences in zip(folders, annotator_sentences(video, entry["expressions"])):
             frames = lazy_frames(data_root, args.split, video, entry["frames"])  # decoded clip by clip
             results = predictor.stream(frames, sentences, clip_len)  # probabilities [O, H, W] a frame
             write_folder(folder / video, {f"{frame}.png": palette_png_bytes(object_ids(probabilities[:, None],
                                                                                        predictor.threshold)[0])
                                           for frame, _, probabilities in results})
+
+    def done(video: str, entry: dict) -> bool:
+        return all(folder_holds(folder / video, [f"{frame}.png" for frame in entry["frames"]]) for folder in folders)
+
+    record = run_record(entry="inference_davis.py", checkpoint=args.checkpoint, config=args.config,
+                        weights=args.weights, data_root=str(data_root), split=args.split, clip_len=clip_len,
+                        amp=args.amp)
+    if not sharded_run(videos, segment, done, output_dir, record, args.skip_existing):
+        return False
     print(f"wrote the palette PNGs of {len(videos)} videos to {', '.join(str(folder) for folder in folders)}")
+    return True
 
 
 def report(davis_root: Path, results_dir: Path) -> None:
@@ -96,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         parser, data_root="converted Ref-DAVIS17 in the Ref-YouTube-VOS layout (default: the config's `data_root`)",
         output_dir="where anno_0..anno_3/<video>/<frame>.png are written",
         clip_len="frames per forward pass (default: the config's inference.clip_len, 36 in the paper)")
+    parser.add_argument("--skip_existing", action="store_true",
+                        help="keep the videos whose four annotator folders are already complete under --output_dir "
+                             "and predict only the others: resumes an interrupted run (under torchrun the same "
+                             "command does this by default)")
     parser.add_argument("--davis_root", help="the DAVIS-2017 folder with ImageSets/2017/val.txt and "
                                              "Annotations_unsupervised/480p; after inference, evaluates the four "
                                              "annotators and prints their mean")
@@ -114,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (args.checkpoint and args.output_dir):
         parser.error("inference needs --checkpoint and --output_dir (or use --eval_only)")
-    run_inference(args)
-    if args.davis_root:
+    if run_inference(args) and args.davis_root:  # rank 0 scores all the videos
         report(Path(args.davis_root), Path(args.output_dir))
     return 0
 

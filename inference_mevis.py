@@ -18,19 +18,26 @@ expressions; a missing video folder scores 0, with a warning. It prints a table 
 object ``{"J", "F", "JF", "expressions", "version", "per_expression": {"<video>/<exp_id>": {"J", "F"}}}``.
 MeViS v1 and v2 differ (valid_u: 793 or 907 expressions; valid: 2,236 or 2,523) and their numbers are not
 comparable: both modes say which one the json is ("version", "unknown" for any other count).
+
+Under ``torchrun --nproc_per_node N`` each process segments its share of the videos (``inference/sharding.py``,
+balanced by frame count) and rank 0 alone writes the zip once all are written; the same command again resumes a
+job that stopped.
 """
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 from datasets.mevis import count_expressions, mevis_version, read_mevis_meta
 from datasets.ytvos import first_frame_sizes
 from inference.cli import add_data_arguments, add_model_arguments, load_predictor
-from inference.videos import write_video_masks
+from inference.sharding import folder_holds, run_record, sharded_run
+from inference.videos import video_files, write_video
 from inference.writers import expected_masks, write_submission_zip
 from metrics.protocols import score
 from util.cli import exit_on_user_error
 from util.config import save_config
+from util.distributed import INFERENCE_TIMEOUT, cleanup, init_distributed
 
 SPLITS = ("valid_u", "valid")
 
@@ -44,17 +51,34 @@ def describe_split(split: str, videos: dict) -> str:
 
 
 def run_inference(args: argparse.Namespace) -> int:
+    rank, _, _ = init_distributed(args.device, INFERENCE_TIMEOUT)  # torchrun: each rank segments its videos
+    try:
+        return _run_inference(args, rank)
+    finally:
+        cleanup()
+
+
+def _run_inference(args: argparse.Namespace, rank: int) -> int:
     predictor = load_predictor(args)
     data_root = Path(args.data_root or predictor.cfg["data_root"])
     output_dir = Path(args.output_dir)
     videos = read_mevis_meta(data_root, args.split)
     # Every video's first frame is read before anything is written: a broken frame stops the run up front.
     expected = expected_masks(videos, first_frame_sizes(data_root, args.split, videos), top="")
-    print(describe_split(args.split, videos), file=sys.stderr)
+    if rank == 0:
+        print(describe_split(args.split, videos), file=sys.stderr)
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_config(predictor.cfg, output_dir / "config.yaml")
+    if rank == 0:
+        save_config(predictor.cfg, output_dir / "config.yaml")
     clip_len = args.clip_len or predictor.cfg["inference"]["clip_len"]
-    write_video_masks(predictor, data_root, args.split, videos, output_dir, clip_len)
+    names = video_files(expected)
+    record = run_record(entry="inference_mevis.py", checkpoint=args.checkpoint, config=args.config,
+                        weights=args.weights, data_root=str(data_root), split=args.split, clip_len=clip_len,
+                        amp=args.amp)
+    segment = partial(write_video, predictor, data_root, args.split, out=output_dir, clip_len=clip_len)
+    if not sharded_run(videos, segment, lambda video, _: folder_holds(output_dir / video, names[video]), output_dir,
+                       record, args.skip_existing):
+        return 0  # rank 0 checks and zips every rank's videos
     if args.split == "valid":
         zip_path = output_dir / "submission.zip"
         write_submission_zip(output_dir, zip_path, expected)
@@ -88,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
               "writes submission.zip for the server) (default: valid_u)", split_choices=SPLITS, split_default="valid_u",
         output_dir="where <video>/<exp_id>/<frame>.png, config.yaml and, for valid, submission.zip are written",
         clip_len="frames per forward pass (default: the config's inference.clip_len)")
+    parser.add_argument("--skip_existing", action="store_true",
+                        help="keep the complete video folders already under --output_dir (each is written whole) "
+                             "and predict only the others: resumes an interrupted run (under torchrun the same "
+                             "command does this by default)")
     return parser
 
 

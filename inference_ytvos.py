@@ -14,20 +14,28 @@ as in the real valid split; each video's frames are decoded, segmented and encod
 memory depends on ``--clip_len``, not on the video's length. The valid json of Ref-YouTube-VOS lists 507 videos: the 202 of the valid split and
 the 305 of the test split; the videos of ``meta_expressions/test/meta_expressions.json`` are dropped when that
 file is present.
+
+``torchrun --nproc_per_node N inference_ytvos.py ...`` (gloo on CPU, NCCL on GPU) gives each process its share of
+the videos, balanced by frame count (``inference/sharding.py``); rank 0 waits for all, checks every PNG and writes
+the zip, byte for byte the one a single process writes. A video that fails ends the job with an error naming it;
+running the same command again keeps the finished videos (recorded in ``<output_dir>/run.json``) and redoes the rest.
 """
 import argparse
 import sys
 import zipfile
+from functools import partial
 from pathlib import Path
 
 from datasets import read_meta_expressions
 from datasets.ytvos import first_frame_sizes, meta_expressions_path, read_meta_json
 from inference.cli import add_data_arguments, add_model_arguments, load_predictor
-from inference.videos import write_video_masks
+from inference.sharding import folder_holds, run_record, sharded_run
+from inference.videos import video_files, write_video
 from inference.writers import check_zip, expected_masks, write_submission_zip
 from metrics.protocols import score
 from util.cli import exit_on_user_error
 from util.config import save_config
+from util.distributed import INFERENCE_TIMEOUT, cleanup, init_distributed
 
 TEST_JSON_HINT = ("the Ref-YouTube-VOS download's meta_expressions/test/meta_expressions.json; ReferFormer issue #6 "
                   "links it")
@@ -61,23 +69,35 @@ def submission_videos(data_root: Path, split: str) -> dict:
 
 
 def run_inference(args: argparse.Namespace) -> int:
+    rank, _, _ = init_distributed(args.device, INFERENCE_TIMEOUT)  # torchrun: each rank segments its videos
+    try:
+        return _run_inference(args, rank)
+    finally:
+        cleanup()
+
+
+def _run_inference(args: argparse.Namespace, rank: int) -> int:
     predictor = load_predictor(args)
     data_root = Path(args.data_root or predictor.cfg["data_root"])
     output_dir = Path(args.output_dir)
     videos = submission_videos(data_root, args.split)
     # The json, the frame lists and each video's first frame header are checked before anything is written; a frame
     # that fails to decode later stops the run with the videos before it complete on disk (resumable with
-    # --skip_existing), none half-written, and no zip.
+    # --skip_existing, or by running the same torchrun command again), none half-written, and no zip.
     expected = expected_masks(videos, first_frame_sizes(data_root, args.split, videos))
     annotations = output_dir / "Annotations"
     annotations.mkdir(parents=True, exist_ok=True)
-    save_config(predictor.cfg, output_dir / "config.yaml")
-    todo = {video: entry for video, entry in sorted(videos.items())
-            if not (args.skip_existing and (annotations / video).is_dir())}
-    if len(todo) < len(videos):
-        print(f"--skip_existing: keeping {len(videos) - len(todo)} video folders already in {annotations}",
-              file=sys.stderr)
-    write_video_masks(predictor, data_root, args.split, todo, annotations, args.clip_len, args.threshold)
+    if rank == 0:
+        save_config(predictor.cfg, output_dir / "config.yaml")
+    names = video_files(expected)
+    record = run_record(entry="inference_ytvos.py", checkpoint=args.checkpoint, config=args.config,
+                        weights=args.weights, data_root=str(data_root), split=args.split, clip_len=args.clip_len,
+                        threshold=args.threshold, amp=args.amp)
+    segment = partial(write_video, predictor, data_root, args.split, out=annotations, clip_len=args.clip_len,
+                      threshold=args.threshold)
+    if not sharded_run(videos, segment, lambda video, _: folder_holds(annotations / video, names[video]), output_dir,
+                       record, args.skip_existing, annotations):
+        return 0  # rank 0 checks and zips every rank's videos
     zip_path = output_dir / "submission.zip"
     write_submission_zip(output_dir, zip_path, expected)
     print(f"wrote {len(expected)} masks of {len(videos)} videos to {annotations} and {zip_path}")
@@ -130,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="probability above which a pixel is foreground (default: the config's "
                              "inference.threshold)")
     parser.add_argument("--skip_existing", action="store_true",
-                        help="keep the video folders already under <output_dir>/Annotations (each is written "
-                             "whole, so they are complete) and predict only the others: resumes an interrupted run")
+                        help="keep the complete video folders already under <output_dir>/Annotations (each is "
+                             "written whole) and predict only the others: resumes an interrupted run (under "
+                             "torchrun the same command does this by default)")
     parser.add_argument("--pred_dir", help="--score: folder holding Annotations/<video>/<exp_id>/<frame>.png")
     parser.add_argument("--gt_root", help="--score: dataset root with meta_expressions/<split> and "
                                           "<split>/Annotations")

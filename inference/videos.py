@@ -42,5 +42,20 @@ def write_video_masks(predictor, data_root: Path, split: str, videos: dict, out:
     ``out/<video>/<exp_id>/<frame>.png``, one atomic folder per video (``util.atomic_write.write_folder``: an
     interrupted run never leaves a half-written video), in sorted order; ``progress``: show a progress bar."""
     for video, entry in tqdm(sorted(videos.items()), desc="videos", unit="video", disable=not progress):
-        write_folder(Path(out) / video, segment_video_files(predictor, data_root, split, video, entry, clip_len,
-                                                            threshold))
+        write_video(predictor, data_root, split, video, entry, out, clip_len, threshold)
+
+
+def write_video(predictor, data_root: Path, split: str, video: str, entry: dict, out: Path,
+                clip_len: int | None = None, threshold: float | None = None) -> None:
+    """Segment one video's expressions into the atomic folder ``out/<video>/<exp_id>/<frame>.png``."""
+    write_folder(Path(out) / video, segment_video_files(predictor, data_root, split, video, entry, clip_len,
+                                                        threshold))
+
+
+def video_files(expected) -> dict[str, set[str]]:
+    """``{video: {"<exp_id>/<frame>.png", ...}}``: the files each finished video folder holds, from a submission's
+    ``inference.writers.expected_masks``."""
+    files: dict[str, set[str]] = {}
+    for item in expected:
+        files.setdefault(item.video, set()).add(f"{item.exp_id}/{item.frame}.png")
+    return files

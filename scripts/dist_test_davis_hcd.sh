@@ -10,6 +10,7 @@
 #   DATA_ROOT (data/ref-davis)  converted by scripts/convert_davis_to_ytvos.py
 #   DAVIS_ROOT (data/DAVIS)     DAVIS-2017 with ImageSets/2017/val.txt and Annotations_unsupervised/480p
 #   WEIGHTS (weight)   DEVICE (cuda)   PYTHON (python)   DRY_RUN=1  print the command and the config, run nothing
+#   GPUS (1)     GPUS=4: torchrun over 4 processes, each segmenting its share of the videos; rank 0 scores them
 # Relative paths are taken from the repository root (the script cds there). To score existing PNGs again:
 #     python inference_davis.py --eval_only --davis_root data/DAVIS --results_dir outputs/davis_hcd/valid
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # also when started as "sh script.sh"

@@ -9,8 +9,10 @@
 #   OUTPUT_DIR (outputs/mevis_hcd/<SPLIT>)   receives the video folders, config.yaml and (valid) submission.zip
 #   WEIGHTS (weight)   DATA_ROOT (data/mevis)   DEVICE (cuda)
 #   PYTHON (python)    DRY_RUN=1  print the commands and the resolved config, run nothing
-# Relative paths are taken from the repository root (the script cds there). One process on one GPU. Results of
-# MeViS v1 and v2 are not comparable: both commands print which release the json is.
+#   GPUS (1)       GPUS=4: torchrun over 4 processes, each segmenting its share of the videos (rank 0 writes the
+#                  zip); the same command again resumes a job that stopped
+# Relative paths are taken from the repository root (the script cds there). Results of MeViS v1 and v2 are not
+# comparable: both commands print which release the json is.
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # also when started as "sh script.sh"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,7 @@ OUTPUT_DIR=${OUTPUT_DIR:-outputs/mevis_hcd/$SPLIT}
 ARGS=(--checkpoint "${CHECKPOINT:-outputs/mevis_hcd/last.pth}" --weights "${WEIGHTS:-weight}" --data_root "$DATA_ROOT"
       --split "$SPLIT" --output_dir "$OUTPUT_DIR" --device "${DEVICE:-cuda}" "$@")
 
-run "$PYTHON" inference_mevis.py "${ARGS[@]}"
+run_inference inference_mevis.py "${ARGS[@]}"
 if [ "$SPLIT" = valid_u ]; then
     run "$PYTHON" inference_mevis.py --score --pred_dir "$OUTPUT_DIR" --gt_root "$DATA_ROOT" --split valid_u
 fi

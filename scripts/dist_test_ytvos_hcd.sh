@@ -7,8 +7,10 @@
 #   OUTPUT_DIR (outputs/ytvos_hcd/valid)     receives Annotations/, submission.zip and config.yaml
 #   WEIGHTS (weight)   DATA_ROOT (data/ref-youtube-vos)   DEVICE (cuda)
 #   PYTHON (python)    DRY_RUN=1  print the command and the resolved config, run nothing
-# Relative paths are taken from the repository root (the script cds there). One process on one GPU: the paper's
-# --ngpu splitting of the videos over GPUs is not implemented; --skip_existing resumes an interrupted run.
+#   GPUS (1)     GPUS=8: torchrun over 8 processes, each segmenting its share of the videos (balanced by frame
+#                count); rank 0 checks them all and writes the zip
+# Relative paths are taken from the repository root (the script cds there). Running the same command again
+# resumes a torchrun job that stopped (finished videos are kept); --skip_existing does so for one process.
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi  # also when started as "sh script.sh"
 set -euo pipefail
 cd "$(dirname "$0")/.."

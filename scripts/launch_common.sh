@@ -8,9 +8,9 @@
 #                       the defaults; INIT_FROM (a checkpoint or save_pretrained folder) starts the new run from its
 #                       weights (--init_from; not with RESUME); then show_config and finish
 #   launch_inference ENTRY NAME DATA_ROOT FLAGS...
-#                       $PYTHON ENTRY on outputs/NAME/last.pth, writing outputs/NAME/valid; the environment's
-#                       CHECKPOINT, WEIGHTS, DATA_ROOT, OUTPUT_DIR, DEVICE override the defaults; then show_config
-#                       and finish
+#                       $PYTHON ENTRY on outputs/NAME/last.pth, writing outputs/NAME/valid (GPUS > 1: torchrun
+#                       over GPUS processes, the videos shared between them); the environment's CHECKPOINT,
+#                       WEIGHTS, DATA_ROOT, OUTPUT_DIR, DEVICE override the defaults; then show_config and finish
 PYTHON=${PYTHON:-python}
 
 run() {
@@ -65,7 +65,20 @@ launch_inference() {
     local args=(--checkpoint "${CHECKPOINT:-outputs/$name/last.pth}" --weights "${WEIGHTS:-weight}"
                 --data_root "${DATA_ROOT:-$data_root}" --output_dir "${OUTPUT_DIR:-outputs/$name/valid}"
                 --device "${DEVICE:-cuda}" "$@")
-    run "$PYTHON" "$entry" "${args[@]}"
+    run_inference "$entry" "${args[@]}"
     show_config "${args[@]}"
     finish
+}
+
+# run_inference ENTRY FLAGS...: $PYTHON ENTRY, or with GPUS > 1 torchrun over GPUS processes on this node, each
+# segmenting its share of the videos (inference/sharding.py; rank 0 writes the zip / scores; the same command again
+# resumes a job that stopped)
+run_inference() {
+    local entry=$1
+    shift
+    if [ "${GPUS:-1}" -gt 1 ]; then
+        run "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$GPUS" "$entry" "$@"
+    else
+        run "$PYTHON" "$entry" "$@"
+    fi
 }

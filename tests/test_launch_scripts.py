@@ -151,6 +151,16 @@ def test_inference_dry_runs(script, entry, data_root, checkpoint, tmp_path):
     assert cfg["seed"] == 7 and cfg["data_root"] == data_root
 
 
+@pytest.mark.parametrize("script,entry", [("dist_test_ytvos_hcd.sh", "inference_ytvos.py"),
+                                          ("dist_test_davis_hcd.sh", "inference_davis.py"),
+                                          ("dist_test_mevis_hcd.sh", "inference_mevis.py")])
+def test_inference_with_gpus_runs_torchrun_over_them(script, entry, checkpoint):
+    commands, _ = dry_run(script, CHECKPOINT=str(checkpoint), DEVICE="cpu", GPUS="3")
+    assert commands[0][:7] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3",
+                               entry]
+    assert flag(commands[0], "--checkpoint") == str(checkpoint)
+
+
 @pytest.mark.parametrize("split", ["valid", "valid_u"])
 def test_mevis_dry_run_writes_the_split_and_scores_valid_u(split, checkpoint, tmp_path):
     commands, (block,) = dry_run("dist_test_mevis_hcd.sh", "--clip_len", "12", CHECKPOINT=str(checkpoint),

@@ -11,6 +11,9 @@ import torch.distributed as dist
 
 # A rank that died or hangs should fail the job within minutes, not after the default hours.
 TIMEOUT = datetime.timedelta(minutes=10)
+# Sharded inference meets only at the end, where the ranks wait for the slowest one: balanced shards still differ
+# by up to a long video.
+INFERENCE_TIMEOUT = datetime.timedelta(hours=12)
 
 
 def is_distributed() -> bool:
@@ -29,11 +32,12 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
-def init_distributed(device: str) -> tuple[int, int, int]:
+def init_distributed(device: str, timeout: datetime.timedelta = TIMEOUT) -> tuple[int, int, int]:
     """Join the process group that ``torchrun`` describes in ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``.
 
     NCCL on ``device="cuda"`` (each process takes GPU ``LOCAL_RANK``), gloo on ``"cpu"``. Without those
-    variables the run is a single process and nothing is initialised. Returns ``(rank, world_size,
+    variables the run is a single process and nothing is initialised. ``timeout``: how long a collective waits
+    for the other ranks. Returns ``(rank, world_size,
     local_rank)``.
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
@@ -45,9 +49,9 @@ def init_distributed(device: str) -> tuple[int, int, int]:
             raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} visible GPU(s); "
                                "lower --nproc_per_node or set CUDA_VISIBLE_DEVICES")
         torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl", timeout=TIMEOUT, device_id=torch.device("cuda", local_rank))
+        dist.init_process_group("nccl", timeout=timeout, device_id=torch.device("cuda", local_rank))
     else:
-        dist.init_process_group("gloo", timeout=TIMEOUT)
+        dist.init_process_group("gloo", timeout=timeout)
     return rank, world_size, local_rank
 
 
