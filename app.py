@@ -23,6 +23,7 @@ import numpy as np
 from inference.cli import add_model_arguments, clip_flags_problem, load_predictor
 from inference.clips import handing_clip
 from inference.writers import mask_png_bytes
+from util.errors import UserInputError
 from util.video_io import Mp4Writer, VideoReadError, open_video
 from util.visualisation import draw_caption, mask_color, overlay_mask
 
@@ -46,7 +47,7 @@ def parse_sentences(text: str | None) -> list[str]:
     """One sentence a non-empty line; ValueError when there is none."""
     sentences = [line.strip() for line in (text or "").splitlines() if line.strip()]
     if not sentences:
-        raise ValueError("Type at least one sentence describing an object (one sentence a line).")
+        raise UserInputError("Type at least one sentence describing an object (one sentence a line).")
     return sentences
 
 
@@ -54,7 +55,7 @@ def limited(frames: Iterator[tuple[str, np.ndarray]], max_frames: int) -> Iterat
     """``frames``, ValueError at frame ``max_frames + 1`` (a video whose header hides its length)."""
     for index, item in enumerate(frames):
         if index == max_frames:
-            raise ValueError(f"The video is longer than {max_frames} frames, this demo's limit; cut it or start "
+            raise UserInputError(f"The video is longer than {max_frames} frames, this demo's limit; cut it or start "
                              f"the app with a larger --max_frames.")
         yield item
 
@@ -69,7 +70,7 @@ def segment_to_files(predictor, video: Path, sentences: list[str], out: Path, cl
     """
     source = open_video(video)
     if source.num_frames is not None and source.num_frames > max_frames:
-        raise ValueError(f"The video has {source.num_frames} frames, more than this demo's limit of {max_frames}; "
+        raise UserInputError(f"The video has {source.num_frames} frames, more than this demo's limit of {max_frames}; "
                          f"cut it or start the app with a larger --max_frames.")
     caption = " | ".join(f"{k + 1}: {sentence}" for k, sentence in enumerate(sentences))
     overlay_path, zip_path = out / "overlay.mp4", out / "masks.zip"
@@ -101,7 +102,7 @@ def build_app(predictor, examples: dict[str, Path], clip_len: int = 36, overlap:
         try:
             sentences = parse_sentences(text)
             if not video and not example:
-                raise ValueError("Upload a video (mp4, webm, ...) or pick an example clip.")
+                raise UserInputError("Upload a video (mp4, webm, ...) or pick an example clip.")
             out = Path(tempfile.mkdtemp(prefix="hcd_app_"))
             source = Path(video) if video else examples[example]
             overlay, masks = segment_to_files(predictor, source, sentences, out, clip_len, overlap, max_frames,

@@ -29,6 +29,7 @@ from inference.cli import add_model_arguments, clip_flags_problem, load_predicto
 from util.atomic_write import atomic_directory
 from util.cli import exit_on_user_error
 from inference.writers import mask_png_bytes
+from util.errors import UserInputError
 from util.video_io import GifWriter, Mp4Writer, open_video
 from util.visualisation import mask_color, overlay_frame
 
@@ -38,9 +39,9 @@ SENTENCES_FILE = "sentences.json"
 def prepare_output(out: Path) -> None:
     """Fail early unless ``out`` is absent, empty or an earlier demo result (which will be replaced)."""
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; pass a folder")
+        raise UserInputError(f"--out {out} is a file; pass a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / SENTENCES_FILE).is_file():
-        raise ValueError(f"--out {out} already holds files that are not a demo result; pass a new or empty folder")
+        raise UserInputError(f"--out {out} already holds files that are not a demo result; pass a new or empty folder")
 
 
 def run_demo(args: argparse.Namespace) -> Path:

@@ -56,6 +56,7 @@ from util.amp import autocast
 from util.atomic_write import atomic_write
 from util.cli import exit_on_user_error
 from util.distributed import all_gather_objects, barrier, get_rank, get_world_size, is_main_process
+from util.errors import UserInputError
 from util.mask_rle import mask_to_rle, rle_to_mask
 from util.nested_tensor import collate_clips
 
@@ -107,7 +108,7 @@ def run_evaluation(model: torch.nn.Module, cfg: dict, args: argparse.Namespace) 
             return {}
         table = refcoco_table(results)
     else:
-        raise ValueError(f"cannot evaluate dataset {name!r}; --eval supports "
+        raise UserInputError(f"cannot evaluate dataset {name!r}; --eval supports "
                          f"{', '.join(A2D_DATASETS + YTVOS_DATASETS + MEVIS_DATASETS + REFCOCO_DATASETS)}")
     line = json.dumps(results)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +128,7 @@ def evaluate_refcoco(model, cfg: dict, amp: str = "none") -> dict:
     from datasets.refcoco import SETS, RefCOCOImages
 
     if amp == "fp16":
-        raise ValueError("the RefCOCO evaluation runs in fp32 or bf16: pass --amp none or --amp bf16")
+        raise UserInputError("the RefCOCO evaluation runs in fp32 or bf16: pass --amp none or --amp bf16")
     predictor = Predictor(model, cfg, next(model.parameters()).device, amp)
     results = {}
     for name in cfg["data"]["refcoco_sets"] or SETS:
@@ -231,7 +232,7 @@ def evaluate_ytvos(model: torch.nn.Module, cfg: dict, amp: str, pred_dir: Path):
     videos = read_meta_expressions(root, "valid")
     require_ground_truth(root, "valid", videos)  # before any inference: a split without masks cannot be scored
     if amp == "fp16":
-        raise ValueError("the Ref-YouTube-VOS-layout evaluation runs in fp32 or bf16: pass --amp none or --amp bf16")
+        raise UserInputError("the Ref-YouTube-VOS-layout evaluation runs in fp32 or bf16: pass --amp none or --amp bf16")
     predictor = Predictor(model, cfg, next(model.parameters()).device, amp)
     clip_len = cfg["inference"]["clip_len"] if cfg["dataset"] == "davis" else None  # the paper's passes
     shard = {video: videos[video] for video in sorted(videos)[get_rank()::get_world_size()]}
@@ -254,7 +255,7 @@ def evaluate_mevis(model: torch.nn.Module, cfg: dict, amp: str, pred_dir: Path):
     if not mask_dict_path(root, MEVIS_SPLIT).is_file():  # before any inference: without masks nothing is scored
         raise FileNotFoundError(f"{mask_dict_path(root, MEVIS_SPLIT)} not found: MeViS valid_u's ground truth")
     if amp == "fp16":
-        raise ValueError("the MeViS evaluation runs in fp32 or bf16: pass --amp none or --amp bf16")
+        raise UserInputError("the MeViS evaluation runs in fp32 or bf16: pass --amp none or --amp bf16")
     predictor = Predictor(model, cfg, next(model.parameters()).device, amp)
     shard = {video: videos[video] for video in sorted(videos)[get_rank()::get_world_size()]}
     write_video_masks(predictor, root, MEVIS_SPLIT, shard, pred_dir, cfg["inference"]["clip_len"],

@@ -51,6 +51,7 @@ from util.cli import exit_on_user_error
 from util.amp import AMP_DTYPES
 from util.distributed import (all_gather_objects, any_rank_max, cleanup, epoch_order, init_distributed,
                               is_main_process, rank_device)
+from util.errors import UserInputError
 from util.graceful_stop import GracefulStop
 from util.nested_tensor import collate_clips
 from util.train_log import TrainLog
@@ -266,7 +267,7 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank, stop: GracefulSt
             dataset.set_epoch(epoch)
             order = epoch_order(len(dataset), seed, epoch, rank, world_size)
             if len(order) < batch_size:
-                raise ValueError(f"the {cfg['dataset']} train split has {len(dataset)} clips: fewer than "
+                raise UserInputError(f"the {cfg['dataset']} train split has {len(dataset)} clips: fewer than "
                                  f"batch_size {batch_size} x {world_size} process(es)")
             loader = build_train_loader(dataset, order[position:], batch_size, train_cfg["num_workers"],
                                         cfg["data"]["size_divisibility"], seed, epoch, device.type == "cuda")

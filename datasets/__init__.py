@@ -14,6 +14,7 @@ from datasets.mevis import MeViSClips, MeViSVideos
 from datasets.refcoco import AffineRange, MixedClips, RefCOCOClips, joint_counts
 from datasets.transforms_video import make_test_transforms, make_train_transforms
 from datasets.ytvos import YTVOSClips, YTVOSVideos, load_frames, read_meta_expressions
+from util.errors import UserInputError
 
 __all__ = ["build_dataset", "load_frames", "read_meta_expressions"]
 
@@ -36,18 +37,18 @@ def build_dataset(name: str, split: str, cfg: dict) -> Dataset:
     numbers, ``cfg["seed"]``.
     """
     if name not in NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
+        raise UserInputError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
     if name == "mevis":
         return build_mevis(split, cfg)
     if name in ("refcoco", "ytvos_refcoco"):
         return build_refcoco(name, split, cfg)
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose 'train' or 'valid' (alias 'val')")
+        raise UserInputError(f"unknown split {split!r}; choose 'train' or 'valid' (alias 'val')")
     split, root, data = SPLITS[split], cfg["data_root"], cfg["data"]
     test_transforms = make_test_transforms(data["test_size"], data["max_size"])
     if name == "jhmdb":
         if split == "train":
-            raise ValueError("JHMDB-Sentences is for evaluation only (train on a2d); use split 'valid'")
+            raise UserInputError("JHMDB-Sentences is for evaluation only (train on a2d); use split 'valid'")
         return JHMDBSentences(root, data["num_frames"], test_transforms)
     if name == "a2d":
         if split == "train":
@@ -56,7 +57,7 @@ def build_dataset(name: str, split: str, cfg: dict) -> Dataset:
     if split == "valid":
         return YTVOSVideos(root, "valid", test_transforms)
     if name == "refshapes" and data["reverse_prob"] > 0:
-        raise ValueError(
+        raise UserInputError(
             "RefShapes expressions describe motion, which reversed clips would contradict; "
             "set data.reverse_prob: 0 for refshapes"
         )
@@ -74,7 +75,7 @@ def build_mevis(split: str, cfg: dict) -> Dataset:
                           make_train_transforms(cfg), cfg["seed"], sentences_per_clip=data["sentences_per_clip"])
     if split in MEVIS_SPLITS:
         return MeViSVideos(root, split, make_test_transforms(data["test_size"], data["max_size"]))
-    raise ValueError(f"unknown MeViS split {split!r}; choose one of {', '.join(MEVIS_SPLITS)} (valid_u has ground "
+    raise UserInputError(f"unknown MeViS split {split!r}; choose one of {', '.join(MEVIS_SPLITS)} (valid_u has ground "
                      "truth, valid is scored by the server)")
 
 
@@ -84,11 +85,11 @@ def build_refcoco(name: str, split: str, cfg: dict) -> Dataset:
     ``data.refcoco_root``, these ``data.refcoco_fraction`` of every epoch). Their evaluation (oIoU / mIoU on the
     val jsons) is ``evaluate.py``'s, through ``metrics.refcoco``."""
     if split != "train":
-        raise ValueError(f"{name} gives training clips only; RefCOCO val is scored image by image by main.py --eval "
+        raise UserInputError(f"{name} gives training clips only; RefCOCO val is scored image by image by main.py --eval "
                          "(metrics/refcoco.py)")
     data, seed = cfg["data"], cfg["seed"]
     if data["sentences_per_clip"] != 1:
-        raise ValueError(f"{name}: RefCOCO samples have one sentence each; set data.sentences_per_clip: 1")
+        raise UserInputError(f"{name}: RefCOCO samples have one sentence each; set data.sentences_per_clip: 1")
     affine = AffineRange(data["affine_degrees"], data["affine_translate"], data["affine_scale"], data["affine_shear"])
     refcoco_root = cfg["data_root"] if name == "refcoco" else data["refcoco_root"]
     refcoco = RefCOCOClips(refcoco_root, data["refcoco_sets"], data["num_frames"], make_train_transforms(cfg), affine,

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from datasets.errors import DatasetFormatError
 from datasets.item_rng import EpochSeeded
 from datasets.ytvos import make_target
+from util.errors import UserInputError
 
 SUBSETS = {"train": 0, "test": 1}
 
@@ -140,7 +141,7 @@ class A2DSentences(EpochSeeded, Dataset):
 
     def __init__(self, root: str | Path, split: str, num_frames: int, transforms, seed: int = 0):
         if split not in SUBSETS:
-            raise ValueError(f"A2D-Sentences split must be one of {sorted(SUBSETS)}, got {split!r}")
+            raise UserInputError(f"A2D-Sentences split must be one of {sorted(SUBSETS)}, got {split!r}")
         self.root, self.num_frames, self.transforms, self.seed = Path(root), num_frames, transforms, seed
         self.video_dir = self.root / "Release" / "clips320H"
         self.mask_dir = self.root / "text_annotations" / "a2d_annotation_with_instances"

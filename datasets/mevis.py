@@ -20,6 +20,7 @@ import numpy as np
 from datasets.errors import DatasetFormatError
 from datasets.mevis_masks import MaskStore, load_mask_store
 from datasets.ytvos import YTVOSClips, YTVOSVideos, first_frame_sizes, read_checked_videos
+from util.errors import UserInputError
 
 SPLITS = ("train", "valid_u", "valid")
 SPLITS_WITH_MASKS = ("train", "valid_u")
@@ -42,7 +43,7 @@ def read_mevis_meta(root: str | Path, split: str) -> dict:
     """``{video: {"expressions", "frames"}}`` of ``<root>/<split>/meta_expressions.json``, checked against the
     frames on disk (``datasets.ytvos.read_checked_videos``)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown MeViS split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise UserInputError(f"unknown MeViS split {split!r}; choose one of {', '.join(SPLITS)}")
     path = meta_path(root, split)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: expected the MeViS layout under {root} "
@@ -70,7 +71,7 @@ def load_split_masks(root: str | Path, split: str, videos: dict) -> tuple[dict, 
     """``(video -> exp_id -> anno ids, MaskStore)`` of a split with ground truth, every RLE checked to have the
     size of its video's frames (read from the first frame's header)."""
     if split not in SPLITS_WITH_MASKS:
-        raise ValueError(f"MeViS {split!r} has no masks (mask_dict.json); its masks are scored by the server. "
+        raise UserInputError(f"MeViS {split!r} has no masks (mask_dict.json); its masks are scored by the server. "
                          f"Use {' or '.join(SPLITS_WITH_MASKS)}")
     annos = expression_annos(meta_path(root, split), videos)
     sizes = {video: (height, width) for video, (width, height) in first_frame_sizes(root, split, videos).items()}

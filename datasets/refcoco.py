@@ -40,6 +40,7 @@ from torchvision.transforms import InterpolationMode
 from datasets.errors import DatasetFormatError
 from datasets.item_rng import EpochSeeded, item_rng
 from datasets.ytvos import load_image, make_target, normalize_caption
+from util.errors import UserInputError
 
 SETS = ("refcoco", "refcoco+", "refcocog")
 IMAGE_DIR = "train2014"
@@ -141,7 +142,7 @@ def decode_segmentation(sample: RefSample, size: tuple[int, int]) -> np.ndarray:
 def read_sets(root: str | Path, sets: list[str] | None, split: str, image_dir: str = IMAGE_DIR) -> list[RefSample]:
     """The samples of every set in ``sets`` (None: refcoco, refcoco+, refcocog) for ``split``, concatenated."""
     if split not in SPLITS:
-        raise ValueError(f"unknown RefCOCO split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise UserInputError(f"unknown RefCOCO split {split!r}; choose one of {', '.join(SPLITS)}")
     samples = []
     for name in sets or SETS:
         samples += read_refcoco(annotation_path(root, name, split), Path(root) / image_dir, name)
@@ -302,7 +303,7 @@ def joint_counts(ytvos_clips: int, refcoco_samples: int, fraction: float) -> lis
     """Clips per epoch ``[Ref-YouTube-VOS, RefCOCO]``: every Ref-YouTube-VOS clip once, and as many RefCOCO
     pseudo-clips as make them ``fraction`` of the epoch (``0 <= fraction < 1``)."""
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"data.refcoco_fraction must be in [0, 1) (the share of RefCOCO pseudo-clips in an "
+        raise UserInputError(f"data.refcoco_fraction must be in [0, 1) (the share of RefCOCO pseudo-clips in an "
                          f"epoch), got {fraction}")
     refcoco = math.floor(ytvos_clips * fraction / (1.0 - fraction) + 0.5) if refcoco_samples else 0
     return [ytvos_clips, refcoco]

@@ -71,6 +71,7 @@ from PIL import Image
 
 from util.atomic_write import atomic_directory
 from util.davis_palette import davis_palette
+from util.errors import UserInputError
 from util.mask_rle import mask_to_rle
 
 SPLITS = ("train", "valid")
@@ -471,18 +472,18 @@ def write_video(split_dir: Path, name: str, video: Video) -> None:
 def _check_arguments(num_videos: int, num_valid_videos: int, num_frames: int, size: int, seed: int,
                      layout: str) -> None:
     if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
+        raise UserInputError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}.")
     if num_videos < 1:
-        raise ValueError(f"RefShapes needs at least 1 training video, got num_videos={num_videos}.")
+        raise UserInputError(f"RefShapes needs at least 1 training video, got num_videos={num_videos}.")
     if num_valid_videos < 0:
-        raise ValueError(f"num_valid_videos must be >= 0, got {num_valid_videos}.")
+        raise UserInputError(f"num_valid_videos must be >= 0, got {num_valid_videos}.")
     if not MIN_FRAMES <= num_frames <= MAX_FRAMES:
-        raise ValueError(f"num_frames must be in [{MIN_FRAMES}, {MAX_FRAMES}] (motion needs two frames; frame "
+        raise UserInputError(f"num_frames must be in [{MIN_FRAMES}, {MAX_FRAMES}] (motion needs two frames; frame "
                          f"names have 5 digits), got {num_frames}.")
     if size < MIN_SIZE:
-        raise ValueError(f"size must be >= {MIN_SIZE} pixels so that small shapes stay recognisable, got {size}.")
+        raise UserInputError(f"size must be >= {MIN_SIZE} pixels so that small shapes stay recognisable, got {size}.")
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}.")
+        raise UserInputError(f"seed must be >= 0, got {seed}.")
 
 
 def generate_refshapes(out_dir, num_videos: int = 200, num_valid_videos: int = 40, num_frames: int = 16,

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from datasets.errors import DatasetFormatError
 from datasets.item_rng import EpochSeeded
 from util.box_ops import masks_to_boxes
+from util.errors import UserInputError
 
 
 def meta_expressions_path(root: str | Path, split: str) -> Path:
@@ -235,7 +236,7 @@ class YTVOSClips(EpochSeeded, Dataset):
         sentences_per_clip: int = 1,
     ):
         if num_frames < 1 or max_skip < 1 or not 0.0 <= reverse_prob <= 1.0 or sentences_per_clip < 1:
-            raise ValueError(
+            raise UserInputError(
                 f"need num_frames >= 1, max_skip >= 1, 0 <= reverse_prob <= 1 and sentences_per_clip >= 1; got "
                 f"{num_frames}, {max_skip}, {reverse_prob}, {sentences_per_clip}"
             )

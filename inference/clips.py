@@ -2,6 +2,8 @@
 ``overlap`` frames. ``Predictor.stream`` follows these windows, the scripts check their flags with the same rule,
 and ``app.py`` counts them for its progress bar; nothing here imports torch."""
 
+from util.errors import UserInputError
+
 
 def clip_problem(clip_len: int | None, overlap: int = 0, names: tuple[str, str] = ("clip_len", "overlap")) -> str | None:
     """Why ``clip_len`` / ``overlap`` cannot work, or None: ``clip_len`` None (whole video, ``overlap`` 0) or
@@ -19,7 +21,7 @@ def check_clip(clip_len: int | None, overlap: int) -> None:
     ``0 <= overlap < clip_len``."""
     problem = clip_problem(clip_len, overlap)
     if problem:
-        raise ValueError(problem)
+        raise UserInputError(problem)
 
 
 def clip_windows(num_frames: int, clip_len: int | None, overlap: int = 0) -> list[tuple[int, int]]:

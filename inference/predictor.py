@@ -42,6 +42,7 @@ from util.amp import INFERENCE_AMP, autocast, check_amp
 from util.atomic_write import write_folder
 from util.checkpoint import load_checkpoint, load_model_weights, trainable_state_dict
 from util.config import load_config, upgrade_saved_config
+from util.errors import UserInputError
 from util.nested_tensor import nested_tensor_from_videos
 
 CONFIG_FILE = "config.yaml"
@@ -53,15 +54,15 @@ def as_pil_frames(frames) -> list[Image.Image]:
     ``[T, H, W, 3]``."""
     if isinstance(frames, np.ndarray):
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames as an array must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+            raise UserInputError(f"frames as an array must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
     frames = [as_pil_frame(frame) for frame in frames]
     if not frames:
-        raise ValueError("the video has no frames; pass a non-empty list of PIL images or a [T, H, W, 3] array")
+        raise UserInputError("the video has no frames; pass a non-empty list of PIL images or a [T, H, W, 3] array")
     if not all(isinstance(frame, Image.Image) for frame in frames):
-        raise ValueError("frames must be PIL images or a uint8 [T, H, W, 3] array")
+        raise UserInputError("frames must be PIL images or a uint8 [T, H, W, 3] array")
     sizes = {frame.size for frame in frames}
     if len(sizes) != 1:
-        raise ValueError(f"all frames of a video must have one size, got (width, height) {sorted(sizes)}")
+        raise UserInputError(f"all frames of a video must have one size, got (width, height) {sorted(sizes)}")
     return [frame if frame.mode == "RGB" else frame.convert("RGB") for frame in frames]
 
 
@@ -70,20 +71,20 @@ def as_pil_frame(frame):
     if not isinstance(frame, np.ndarray):
         return frame
     if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
-        raise ValueError(f"a frame as an array must be uint8 [H, W, 3], got {frame.dtype} {list(frame.shape)}")
+        raise UserInputError(f"a frame as an array must be uint8 [H, W, 3], got {frame.dtype} {list(frame.shape)}")
     return Image.fromarray(frame)
 
 
 def check_sentences(sentences: list[str]) -> list[str]:
     """The sentences normalised as in training (lower case, single spaces); ValueError for an empty one."""
     if isinstance(sentences, str):
-        raise ValueError("sentences must be a list of strings; wrap a single sentence in a list")
+        raise UserInputError("sentences must be a list of strings; wrap a single sentence in a list")
     if not sentences:
-        raise ValueError("give at least one sentence")
+        raise UserInputError("give at least one sentence")
     normalised = []
     for index, sentence in enumerate(sentences):
         if not isinstance(sentence, str) or not sentence.strip():
-            raise ValueError(f"sentence {index} is empty ({sentence!r}); every sentence must describe an object")
+            raise UserInputError(f"sentence {index} is empty ({sentence!r}); every sentence must describe an object")
         normalised.append(normalize_caption(sentence))
     return normalised
 
@@ -107,7 +108,7 @@ class Predictor:
                  captions_per_pass: int | None = None):
         check_amp(amp, INFERENCE_AMP)
         if captions_per_pass is not None and captions_per_pass < 1:
-            raise ValueError(f"captions_per_pass must be None (all at once) or >= 1, got {captions_per_pass}")
+            raise UserInputError(f"captions_per_pass must be None (all at once) or >= 1, got {captions_per_pass}")
         self.captions_per_pass = captions_per_pass
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()

@@ -17,6 +17,7 @@ from PIL import Image
 
 from datasets.ytvos import exp_id_order
 from util.atomic_write import atomic_write
+from util.errors import UserInputError
 
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date a zip header holds
 
@@ -136,7 +137,7 @@ def write_submission_zip(root: Path, zip_path: Path, expected: list[ExpectedMask
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise ValueError(f"the submission under {root} is incomplete ({len(problems)} problems):\n  {shown}{more}")
+        raise UserInputError(f"the submission under {root} is incomplete ({len(problems)} problems):\n  {shown}{more}")
     def write(file) -> None:
         with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for item in expected:

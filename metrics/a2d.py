@@ -22,6 +22,7 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from util.errors import UserInputError
 from util.mask_rle import mask_to_rle, rle_to_mask
 
 IOU_EPS = 1e-6
@@ -83,11 +84,11 @@ def _top_iou(predictions: list[dict], ground_truth: dict) -> tuple[np.ndarray, n
     for annotation in ground_truth["annotations"]:
         image_id = annotation["image_id"]
         if image_id not in best:
-            raise ValueError(f"no prediction for image_id {image_id!r}: every ground-truth sample needs at least one")
+            raise UserInputError(f"no prediction for image_id {image_id!r}: every ground-truth sample needs at least one")
         gt = rle_to_mask(annotation["segmentation"])
         pred = rle_to_mask(best[image_id]["segmentation"])
         if pred.shape != gt.shape:
-            raise ValueError(f"prediction for image_id {image_id!r} is {pred.shape}, the ground truth {gt.shape}")
+            raise UserInputError(f"prediction for image_id {image_id!r} is {pred.shape}, the ground truth {gt.shape}")
         inter, union = np.count_nonzero(pred & gt), np.count_nonzero(pred | gt)
         ious.append(float((np.float32(inter) + np.float32(IOU_EPS)) / (np.float32(union) + np.float32(IOU_EPS))))
         inters.append(inter)
@@ -110,7 +111,7 @@ def a2d_metrics(predictions: list[dict], ground_truth: dict) -> dict:
     known = {image["id"] for image in ground_truth["images"]}
     unknown = {p["image_id"] for p in predictions} - known
     if unknown:
-        raise ValueError(f"predictions for image ids that are not in the ground truth: {sorted(map(str, unknown))[:5]}")
+        raise UserInputError(f"predictions for image ids that are not in the ground truth: {sorted(map(str, unknown))[:5]}")
     m_ap, ap50, ap75 = _coco_map(predictions, ground_truth)
     ious, inters, unions = _top_iou(predictions, ground_truth)
     out = {"mAP": m_ap, "AP50": ap50, "AP75": ap75,

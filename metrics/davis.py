@@ -26,6 +26,7 @@ from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from metrics.jf import db_statistics, pairwise_jf
+from util.errors import UserInputError
 
 MAX_PROPOSALS = 20
 VOID_LABEL = 255
@@ -37,7 +38,7 @@ def read_label_png(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         labels = np.array(image)
     if labels.ndim != 2:
-        raise ValueError(f"{path}: expected an indexed (palette 'P' or grey 'L') PNG whose pixels are object ids, "
+        raise UserInputError(f"{path}: expected an indexed (palette 'P' or grey 'L') PNG whose pixels are object ids, "
                          f"got mode {image.mode} with shape {labels.shape}")
     return labels
 
@@ -54,7 +55,7 @@ def match_video(gt_labels: np.ndarray, res_labels: np.ndarray, video: str = "") 
         (J ``[N, T]``, F ``[N, T]``) float64, row i for ground-truth object i + 1.
     """
     if gt_labels.shape != res_labels.shape:
-        raise ValueError(f"video {video}: results {res_labels.shape} and annotations {gt_labels.shape} differ in "
+        raise UserInputError(f"video {video}: results {res_labels.shape} and annotations {gt_labels.shape} differ in "
                          f"shape")
     num_frames, height, width = gt_labels.shape
     first = gt_labels[0]
@@ -62,7 +63,7 @@ def match_video(gt_labels: np.ndarray, res_labels: np.ndarray, video: str = "") 
     num_objects = int(first[first != VOID_LABEL].max(initial=0))
     num_proposals = int(res_labels.max())
     if num_proposals > MAX_PROPOSALS:
-        raise ValueError(f"video {video}: the result PNGs hold id {num_proposals}, but at most {MAX_PROPOSALS} "
+        raise UserInputError(f"video {video}: the result PNGs hold id {num_proposals}, but at most {MAX_PROPOSALS} "
                          f"proposals (ids 1..{MAX_PROPOSALS}, 0 = background) are allowed")
     if num_objects == 0:
         return np.zeros((0, num_frames)), np.zeros((0, num_frames))
@@ -109,7 +110,7 @@ def _read_results(results_dir: Path, video: str, frame_names: list[str], shape: 
                                     f"frame needs a result PNG")
         frame = read_label_png(path)
         if frame.shape != shape:
-            raise ValueError(f"{path}: result is {frame.shape[1]}x{frame.shape[0]}, the annotation is "
+            raise UserInputError(f"{path}: result is {frame.shape[1]}x{frame.shape[0]}, the annotation is "
                              f"{shape[1]}x{shape[0]}; write results at the annotation's resolution")
         labels.append(frame)
     return np.stack(labels)
@@ -138,14 +139,14 @@ def evaluate_davis_unsupervised(davis_root: str | Path, results_dir: str | Path,
         gt_frames = [read_label_png(path) for path in frame_paths]
         shapes = {frame.shape for frame in gt_frames}
         if len(shapes) != 1:
-            raise ValueError(f"annotations of video {video} ({annotations / video}) have different sizes: {shapes}")
+            raise UserInputError(f"annotations of video {video} ({annotations / video}) have different sizes: {shapes}")
         gt_labels = np.stack(gt_frames)
         res_labels = _read_results(results_dir, video, [path.stem for path in frame_paths], gt_labels.shape[1:])
         j_rows, f_rows = match_video(gt_labels, res_labels, video)
         for obj, (j_row, f_row) in enumerate(zip(j_rows, f_rows), start=1):
             scores[f"{video}_{obj}"] = (j_row, f_row)
     if not scores:
-        raise ValueError(f"no objects to evaluate: the first annotation frame of every video listed in {imageset} "
+        raise UserInputError(f"no objects to evaluate: the first annotation frame of every video listed in {imageset} "
                          f"is empty")
     return summarize(scores)
 

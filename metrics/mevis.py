@@ -29,6 +29,7 @@ from datasets.mevis_masks import load_mask_store
 from datasets.ytvos import check_video_entry, read_meta_json
 from metrics.jf import boundary_f, jaccard
 from metrics.ytvos import summarize
+from util.errors import UserInputError
 
 
 def read_prediction(pred_dir: Path, video: str, exp_id: str, frames: list[str]) -> np.ndarray:
@@ -68,7 +69,7 @@ def score_mevis(pred_dir: str | Path, gt_root: str | Path, split: str = "valid_u
     for video, entry in videos.items():
         check_video_entry(path, video, entry)
     if not count_expressions(videos):
-        raise ValueError(f"{path} lists no expressions to score")
+        raise UserInputError(f"{path} lists no expressions to score")
     annos = expression_annos(path, videos)
     store = load_mask_store(mask_dict_path(gt_root, split), annos,
                             {video: entry["frames"] for video, entry in videos.items()})
@@ -88,7 +89,7 @@ def score_mevis(pred_dir: str | Path, gt_root: str | Path, split: str = "valid_u
             pred = read_prediction(pred_dir, video, exp_id, frames)
             size = store.sizes[video]
             if size is not None and pred.shape[1:] != size:
-                raise ValueError(f"predictions of {video}/{exp_id} are {pred.shape[2]}x{pred.shape[1]} (WxH), the "
+                raise UserInputError(f"predictions of {video}/{exp_id} are {pred.shape[2]}x{pred.shape[1]} (WxH), the "
                                  f"ground truth is {size[1]}x{size[0]}; write masks at the original resolution")
             gt = np.zeros_like(pred)
             for anno_id in annos[video][exp_id]:

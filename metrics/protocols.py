@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metrics.tables import a2d_table, result_table, score_table
+from util.errors import UserInputError
 
 PROTOCOLS = ("ytvos", "davis", "mevis", "a2d", "jhmdb")
 DEFAULT_SPLITS = {"ytvos": "valid", "davis": "val", "mevis": "valid_u", "a2d": None, "jhmdb": None}
@@ -63,7 +64,7 @@ def score(protocol: str, pred_dir: str | Path, gt_root: str | Path, split: str |
     """Score the predictions under ``pred_dir`` against ``gt_root`` with ``protocol`` (module docstring);
     ``split`` None takes the protocol's default."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; one of {', '.join(PROTOCOLS)}")
+        raise UserInputError(f"unknown protocol {protocol!r}; one of {', '.join(PROTOCOLS)}")
     split = DEFAULT_SPLITS[protocol] if split is None else split
     pred_dir, gt_root = Path(pred_dir), Path(gt_root)
     if protocol == "ytvos":
@@ -102,7 +103,7 @@ def read_json(path: Path, what: str):
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}): {what}") from error
+        raise UserInputError(f"{path} is not valid JSON ({error}): {what}") from error
 
 
 def score_a2d(protocol: str, pred_dir: Path, gt_root: Path) -> Report:

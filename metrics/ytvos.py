@@ -12,6 +12,7 @@ from PIL import Image
 
 from datasets.ytvos import meta_expressions_path, read_meta_json
 from metrics.jf import boundary_f, jaccard
+from util.errors import UserInputError
 
 
 def _read_png(path: Path, what: str) -> np.ndarray:
@@ -20,18 +21,18 @@ def _read_png(path: Path, what: str) -> np.ndarray:
     with Image.open(path) as image:
         array = np.array(image)
     if array.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel PNG (mode 'L' or 'P'), got mode {image.mode}")
+        raise UserInputError(f"{path}: expected a single-channel PNG (mode 'L' or 'P'), got mode {image.mode}")
     return array
 
 
 def _object_id(video: str, exp_id: str, expression: dict) -> int:
     if "obj_id" not in expression:
-        raise ValueError(f"expression {video}/{exp_id} has no 'obj_id': scoring needs a split with ground truth "
+        raise UserInputError(f"expression {video}/{exp_id} has no 'obj_id': scoring needs a split with ground truth "
                          f"(e.g. train or RefShapes valid), not the Ref-YouTube-VOS valid json")
     try:
         return int(expression["obj_id"])
     except (TypeError, ValueError) as err:
-        raise ValueError(f"expression {video}/{exp_id}: obj_id {expression['obj_id']!r} is not an integer id") from err
+        raise UserInputError(f"expression {video}/{exp_id}: obj_id {expression['obj_id']!r} is not an integer id") from err
 
 
 def _mean(values: list[float]) -> float:
@@ -77,13 +78,13 @@ def score_predictions(pred_dir: str | Path, gt_root: str | Path, split: str) -> 
                           f"prediction for video {video}, expression {exp_id}, frame {frame}:")
                 for frame in frames]) > 0
             if pred.shape != gt_labels.shape:
-                raise ValueError(f"predictions of {video}/{exp_id} are {pred.shape[1:]} (H, W) per frame, the "
+                raise UserInputError(f"predictions of {video}/{exp_id} are {pred.shape[1:]} (H, W) per frame, the "
                                  f"ground truth is {gt_labels.shape[1:]}; write masks at the original resolution")
             gt = gt_labels == obj_id
             j, f = float(np.mean(jaccard(pred, gt))), float(np.mean(boundary_f(pred, gt)))
             per_expression[f"{video}/{exp_id}"] = {"J": j, "F": f, "JF": (j + f) / 2, "kind": expression.get("kind")}
     if not per_expression:
-        raise ValueError(f"{meta_path} lists no expressions to score")
+        raise UserInputError(f"{meta_path} lists no expressions to score")
     return {**summarize(per_expression), "per_expression": per_expression}
 
 

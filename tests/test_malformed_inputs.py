@@ -239,6 +239,12 @@ def test_entry_points_print_one_error_line_and_exit_1(capsys):
     with pytest.raises(KeyError):  # a bug keeps its traceback
         exit_on_user_error(lambda: {}["x"])
 
+    def internal_bug() -> int:
+        raise ValueError("shapes [2, 3] and [3, 2] differ")  # a ValueError that is not about the user's input
+
+    with pytest.raises(ValueError, match="shapes"):
+        exit_on_user_error(internal_bug)
+
 
 # --- checkpoints that do not fit the model ----------------------------------------------------------------------
 

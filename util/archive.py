@@ -80,7 +80,7 @@ def _extract_to(archive: Path, staging: Path) -> None:
     try:
         tar = tarfile.open(archive)
     except tarfile.TarError as error:
-        raise ValueError(f"{archive} is neither a zip nor a (compressed) tar archive ({error})") from error
+        raise UserInputError(f"{archive} is neither a zip nor a (compressed) tar archive ({error})") from error
     with tar:
         members = _checked_tar_members(archive, tar)
         # The "data" filter repeats the checks above inside tarfile and drops permissions that are unsafe.

@@ -31,12 +31,13 @@ import torch
 from torch import nn
 
 from util.atomic_write import atomic_write
+from util.errors import UserInputError
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "data_position", "rng", "config")
 LAST = "last.pth"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserInputError):
     """A checkpoint that cannot be loaded into this model or run."""
 
 

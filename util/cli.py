@@ -3,9 +3,12 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-# What the project raises about files, configs and checkpoints it was given (DatasetFormatError, CheckpointError,
-# ConfigError and VideoReadError are ValueErrors); the message names the file and what was expected.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError)
+from util.errors import UserInputError
+
+# What the project raises about the files, folders, configs, checkpoints and flags it was given (DatasetFormatError,
+# CheckpointError, ConfigError, VideoReadError, ... are UserInputErrors); the message names the input and what was
+# expected. Any other ValueError is a bug and keeps its traceback.
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, UserInputError)
 
 
 def exit_on_user_error(main: Callable[[], int | None]) -> NoReturn:

@@ -14,7 +14,6 @@ from datasets.errors import DatasetFormatError
 from datasets.refcoco import (AffineRange, MixedClips, RefCOCOClips, RefCOCOImages, decode_segmentation,
                               joint_counts, read_refcoco)
 from datasets.refshapes import generate_refshapes
-from datasets.transforms_video import make_train_transforms
 from util.config import load_config
 from util.nested_tensor import collate_clips
 

@@ -193,7 +193,7 @@ def test_an_unknown_key_is_an_error_naming_the_key_and_its_file(tmp_path):
     # In a base file: the error names the base file that set it.
     write(tmp_path / "base.yaml", "train:\n  lr_dorp: [1]\n")
     with pytest.raises(ConfigError, match=r"unknown key 'train\.lr_dorp' \(set in .*base\.yaml\)"):
-        load_config(write(tmp_path / "child.yaml", f"_base_: [typo.yaml, base.yaml]\nmodel:\n  hidden_dim: 8\n"))
+        load_config(write(tmp_path / "child.yaml", "_base_: [typo.yaml, base.yaml]\nmodel:\n  hidden_dim: 8\n"))
 
 
 def test_a_missing_key_without_default_is_an_error_naming_it_and_the_file(tmp_path):
