@@ -32,7 +32,7 @@ from inference.videos import lazy_frames
 from metrics.davis import NUM_ANNOTATORS
 from metrics.protocols import score
 from util.atomic_write import write_folder
-from util.cli import exit_on_user_error
+from util.cli import exit_on_user_error, resolve_device
 from util.davis_palette import palette_png_bytes
 from util.distributed import INFERENCE_TIMEOUT, cleanup, init_distributed
 
@@ -69,7 +69,7 @@ def object_ids(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 def run_inference(args: argparse.Namespace) -> bool:
     """Write the palette PNGs of every annotator to ``<output_dir>/anno_<a>``; under torchrun each rank writes
     its share of the videos. True on rank 0 once all are written (it then scores them), False on the others."""
-    rank, _, _ = init_distributed(args.device, INFERENCE_TIMEOUT)
+    rank, _, _ = init_distributed(resolve_device(args.device), INFERENCE_TIMEOUT)
     try:
         return _run_inference(args, rank)
     finally:

@@ -33,7 +33,7 @@ from inference.sharding import folder_holds, run_record, sharded_run
 from inference.videos import video_files, write_video
 from inference.writers import check_zip, expected_masks, write_submission_zip
 from metrics.protocols import score
-from util.cli import exit_on_user_error
+from util.cli import exit_on_user_error, resolve_device
 from util.config import save_config
 from util.distributed import INFERENCE_TIMEOUT, cleanup, init_distributed
 
@@ -69,7 +69,7 @@ def submission_videos(data_root: Path, split: str) -> dict:
 
 
 def run_inference(args: argparse.Namespace) -> int:
-    rank, _, _ = init_distributed(args.device, INFERENCE_TIMEOUT)  # torchrun: each rank segments its videos
+    rank, _, _ = init_distributed(resolve_device(args.device), INFERENCE_TIMEOUT)  # torchrun: each rank segments its videos
     try:
         return _run_inference(args, rank)
     finally:

@@ -47,7 +47,7 @@ from util.checkpoint import (CheckpointError, InitReport, build_checkpoint, capt
                              restore_rng_state, save_checkpoint, step_checkpoint_name)
 from util.config import (ConfigError, apply_overrides, differing_keys, get_key, load_config, save_config,
                          upgrade_saved_config)
-from util.cli import exit_on_user_error
+from util.cli import add_device_argument, exit_on_user_error, resolve_device
 from util.amp import AMP_DTYPES
 from util.distributed import (all_gather_objects, any_rank_max, cleanup, epoch_order, init_distributed,
                               is_main_process, rank_device)
@@ -95,8 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, help="clips per process and step (train.batch_size)")
     parser.add_argument("--lr", type=float, help="learning rate of the trainable parameters, used as given for "
                                                  "any number of processes (train.lr)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (each torchrun process takes GPU LOCAL_RANK); default: cuda if available")
+    add_device_argument(parser, "training and evaluation run")
     parser.add_argument("--amp", choices=tuple(AMP_DTYPES),
                         help="mixed precision: none, bf16 (autocast) or fp16 (autocast + gradient scaler) "
                              "(train.amp)")
@@ -345,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv``; returns the exit status (module doc)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.device = resolve_device(args.device)
     if args.config is None and args.resume is None:
         parser.error("give --config (a new run; with --eval: an untrained model) or --resume (a saved run and its "
                      "config; override keys with flags or --set), or both (the config must then be the run's)")

@@ -5,6 +5,7 @@ import argparse
 
 from inference.clips import clip_problem
 from util.amp import INFERENCE_AMP
+from util.cli import add_device_argument, resolve_device
 from util.config import load_config
 
 
@@ -16,7 +17,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config to use instead of the one stored with --checkpoint (its "
                                          "model must match the stored weights)")
     parser.add_argument("--weights", help="folder of the pretrained components (default: the config's `weights`)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the model runs")
+    add_device_argument(parser)
     parser.add_argument("--amp", default="none", choices=INFERENCE_AMP,
                         help="bf16 autocast of the forward pass (for CUDA)")
 
@@ -37,7 +38,7 @@ def load_predictor(args: argparse.Namespace):
     from inference.predictor import Predictor  # torch and the model only for the modes that run it
 
     cfg = load_config(args.config) if args.config else None
-    return Predictor.load(args.checkpoint, args.weights, cfg, args.device, args.amp)
+    return Predictor.load(args.checkpoint, args.weights, cfg, resolve_device(args.device), args.amp)
 
 
 def clip_flags_problem(clip_len: int | None, overlap: int = 0) -> str | None:
