@@ -56,7 +56,7 @@ def limited(frames: Iterator[tuple[str, np.ndarray]], max_frames: int) -> Iterat
     for index, item in enumerate(frames):
         if index == max_frames:
             raise UserInputError(f"The video is longer than {max_frames} frames, this demo's limit; cut it or start "
-                             f"the app with a larger --max_frames.")
+                                 f"the app with a larger --max_frames.")
         yield item
 
 
@@ -71,7 +71,7 @@ def segment_to_files(predictor, video: Path, sentences: list[str], out: Path, cl
     source = open_video(video)
     if source.num_frames is not None and source.num_frames > max_frames:
         raise UserInputError(f"The video has {source.num_frames} frames, more than this demo's limit of {max_frames}; "
-                         f"cut it or start the app with a larger --max_frames.")
+                             f"cut it or start the app with a larger --max_frames.")
     caption = " | ".join(f"{k + 1}: {sentence}" for k, sentence in enumerate(sentences))
     overlay_path, zip_path = out / "overlay.mp4", out / "masks.zip"
     with ExitStack() as stack:

@@ -109,7 +109,7 @@ def run_evaluation(model: torch.nn.Module, cfg: dict, args: argparse.Namespace) 
         table = refcoco_table(results)
     else:
         raise UserInputError(f"cannot evaluate dataset {name!r}; --eval supports "
-                         f"{', '.join(A2D_DATASETS + YTVOS_DATASETS + MEVIS_DATASETS + REFCOCO_DATASETS)}")
+                             f"{', '.join(A2D_DATASETS + YTVOS_DATASETS + MEVIS_DATASETS + REFCOCO_DATASETS)}")
     line = json.dumps(results)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(output_dir / f"eval_{name}.json", lambda f: f.write((line + "\n").encode()))
@@ -232,7 +232,8 @@ def evaluate_ytvos(model: torch.nn.Module, cfg: dict, amp: str, pred_dir: Path):
     videos = read_meta_expressions(root, "valid")
     require_ground_truth(root, "valid", videos)  # before any inference: a split without masks cannot be scored
     if amp == "fp16":
-        raise UserInputError("the Ref-YouTube-VOS-layout evaluation runs in fp32 or bf16: pass --amp none or --amp bf16")
+        raise UserInputError("the Ref-YouTube-VOS-layout evaluation runs in fp32 or bf16: pass --amp none or "
+                             "--amp bf16")
     predictor = Predictor(model, cfg, next(model.parameters()).device, amp)
     clip_len = cfg["inference"]["clip_len"] if cfg["dataset"] == "davis" else None  # the paper's passes
     shard = {video: videos[video] for video in sorted(videos)[get_rank()::get_world_size()]}

@@ -34,7 +34,7 @@ from metrics.protocols import score
 from util.atomic_write import write_folder
 from util.cli import exit_on_user_error, resolve_device
 from util.davis_palette import palette_png_bytes
-from util.distributed import INFERENCE_TIMEOUT, cleanup, init_distributed
+from util.distributed import INFERENCE_TIMEOUT, process_group
 
 BACKGROUND_SCORE = 0.1
 
@@ -69,11 +69,8 @@ def object_ids(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 def run_inference(args: argparse.Namespace) -> bool:
     """Write the palette PNGs of every annotator to ``<output_dir>/anno_<a>``; under torchrun each rank writes
     its share of the videos. True on rank 0 once all are written (it then scores them), False on the others."""
-    rank, _, _ = init_distributed(resolve_device(args.device), INFERENCE_TIMEOUT)
-    try:
+    with process_group(resolve_device(args.device), INFERENCE_TIMEOUT) as rank:
         return _run_inference(args, rank)
-    finally:
-        cleanup()
 
 
 def _run_inference(args: argparse.Namespace, rank: int) -> bool:

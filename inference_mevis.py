@@ -37,7 +37,7 @@ from inference.writers import expected_masks, write_submission_zip
 from metrics.protocols import score
 from util.cli import exit_on_user_error, resolve_device
 from util.config import save_config
-from util.distributed import INFERENCE_TIMEOUT, cleanup, init_distributed
+from util.distributed import INFERENCE_TIMEOUT, process_group
 
 SPLITS = ("valid_u", "valid")
 
@@ -51,11 +51,9 @@ def describe_split(split: str, videos: dict) -> str:
 
 
 def run_inference(args: argparse.Namespace) -> int:
-    rank, _, _ = init_distributed(resolve_device(args.device), INFERENCE_TIMEOUT)  # torchrun: each rank segments its videos
-    try:
+    # Under torchrun each rank segments its share of the videos.
+    with process_group(resolve_device(args.device), INFERENCE_TIMEOUT) as rank:
         return _run_inference(args, rank)
-    finally:
-        cleanup()
 
 
 def _run_inference(args: argparse.Namespace, rank: int) -> int:

@@ -11,9 +11,9 @@ the Ref-YouTube-VOS server expects; the zip is written only once every PNG has b
 in one forward pass per clip with all its expressions (they share the backbone's work), the whole video as one
 clip unless ``--clip_len`` is given. Only the ``exp`` and ``frames`` of the json and the JPEG frames are read,
 as in the real valid split; each video's frames are decoded, segmented and encoded clip by clip, so that
-memory depends on ``--clip_len``, not on the video's length. The valid json of Ref-YouTube-VOS lists 507 videos: the 202 of the valid split and
-the 305 of the test split; the videos of ``meta_expressions/test/meta_expressions.json`` are dropped when that
-file is present.
+memory depends on ``--clip_len``, not on the video's length. The valid json of Ref-YouTube-VOS lists 507
+videos: the 202 of the valid split and the 305 of the test split; the videos of
+``meta_expressions/test/meta_expressions.json`` are dropped when that file is present.
 
 ``torchrun --nproc_per_node N inference_ytvos.py ...`` (gloo on CPU, NCCL on GPU) gives each process its share of
 the videos, balanced by frame count (``inference/sharding.py``); rank 0 waits for all, checks every PNG and writes
@@ -35,7 +35,7 @@ from inference.writers import check_zip, expected_masks, write_submission_zip
 from metrics.protocols import score
 from util.cli import exit_on_user_error, resolve_device
 from util.config import save_config
-from util.distributed import INFERENCE_TIMEOUT, cleanup, init_distributed
+from util.distributed import INFERENCE_TIMEOUT, process_group
 
 TEST_JSON_HINT = ("the Ref-YouTube-VOS download's meta_expressions/test/meta_expressions.json; ReferFormer issue #6 "
                   "links it")
@@ -69,11 +69,9 @@ def submission_videos(data_root: Path, split: str) -> dict:
 
 
 def run_inference(args: argparse.Namespace) -> int:
-    rank, _, _ = init_distributed(resolve_device(args.device), INFERENCE_TIMEOUT)  # torchrun: each rank segments its videos
-    try:
+    # Under torchrun each rank segments its share of the videos.
+    with process_group(resolve_device(args.device), INFERENCE_TIMEOUT) as rank:
         return _run_inference(args, rank)
-    finally:
-        cleanup()
 
 
 def _run_inference(args: argparse.Namespace, rank: int) -> int:

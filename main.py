@@ -267,7 +267,7 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank, stop: GracefulSt
             order = epoch_order(len(dataset), seed, epoch, rank, world_size)
             if len(order) < batch_size:
                 raise UserInputError(f"the {cfg['dataset']} train split has {len(dataset)} clips: fewer than "
-                                 f"batch_size {batch_size} x {world_size} process(es)")
+                                     f"batch_size {batch_size} x {world_size} process(es)")
             loader = build_train_loader(dataset, order[position:], batch_size, train_cfg["num_workers"],
                                         cfg["data"]["size_divisibility"], seed, epoch, device.type == "cuda")
             start = position

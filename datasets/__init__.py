@@ -76,7 +76,7 @@ def build_mevis(split: str, cfg: dict) -> Dataset:
     if split in MEVIS_SPLITS:
         return MeViSVideos(root, split, make_test_transforms(data["test_size"], data["max_size"]))
     raise UserInputError(f"unknown MeViS split {split!r}; choose one of {', '.join(MEVIS_SPLITS)} (valid_u has ground "
-                     "truth, valid is scored by the server)")
+                         "truth, valid is scored by the server)")
 
 
 def build_refcoco(name: str, split: str, cfg: dict) -> Dataset:
@@ -85,8 +85,8 @@ def build_refcoco(name: str, split: str, cfg: dict) -> Dataset:
     ``data.refcoco_root``, these ``data.refcoco_fraction`` of every epoch). Their evaluation (oIoU / mIoU on the
     val jsons) is ``evaluate.py``'s, through ``metrics.refcoco``."""
     if split != "train":
-        raise UserInputError(f"{name} gives training clips only; RefCOCO val is scored image by image by main.py --eval "
-                         "(metrics/refcoco.py)")
+        raise UserInputError(f"{name} gives training clips only; RefCOCO val is scored image by image by main.py "
+                             "--eval (metrics/refcoco.py)")
     data, seed = cfg["data"], cfg["seed"]
     if data["sentences_per_clip"] != 1:
         raise UserInputError(f"{name}: RefCOCO samples have one sentence each; set data.sentences_per_clip: 1")

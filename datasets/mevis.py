@@ -72,7 +72,7 @@ def load_split_masks(root: str | Path, split: str, videos: dict) -> tuple[dict, 
     size of its video's frames (read from the first frame's header)."""
     if split not in SPLITS_WITH_MASKS:
         raise UserInputError(f"MeViS {split!r} has no masks (mask_dict.json); its masks are scored by the server. "
-                         f"Use {' or '.join(SPLITS_WITH_MASKS)}")
+                             f"Use {' or '.join(SPLITS_WITH_MASKS)}")
     annos = expression_annos(meta_path(root, split), videos)
     sizes = {video: (height, width) for video, (width, height) in first_frame_sizes(root, split, videos).items()}
     frames = {video: entry["frames"] for video, entry in videos.items()}

@@ -304,6 +304,6 @@ def joint_counts(ytvos_clips: int, refcoco_samples: int, fraction: float) -> lis
     pseudo-clips as make them ``fraction`` of the epoch (``0 <= fraction < 1``)."""
     if not 0.0 <= fraction < 1.0:
         raise UserInputError(f"data.refcoco_fraction must be in [0, 1) (the share of RefCOCO pseudo-clips in an "
-                         f"epoch), got {fraction}")
+                             f"epoch), got {fraction}")
     refcoco = math.floor(ytvos_clips * fraction / (1.0 - fraction) + 0.5) if refcoco_samples else 0
     return [ytvos_clips, refcoco]

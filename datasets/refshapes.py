@@ -479,7 +479,7 @@ def _check_arguments(num_videos: int, num_valid_videos: int, num_frames: int, si
         raise UserInputError(f"num_valid_videos must be >= 0, got {num_valid_videos}.")
     if not MIN_FRAMES <= num_frames <= MAX_FRAMES:
         raise UserInputError(f"num_frames must be in [{MIN_FRAMES}, {MAX_FRAMES}] (motion needs two frames; frame "
-                         f"names have 5 digits), got {num_frames}.")
+                             f"names have 5 digits), got {num_frames}.")
     if size < MIN_SIZE:
         raise UserInputError(f"size must be >= {MIN_SIZE} pixels so that small shapes stay recognisable, got {size}.")
     if seed < 0:

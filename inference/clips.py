@@ -5,7 +5,8 @@ and ``app.py`` counts them for its progress bar; nothing here imports torch."""
 from util.errors import UserInputError
 
 
-def clip_problem(clip_len: int | None, overlap: int = 0, names: tuple[str, str] = ("clip_len", "overlap")) -> str | None:
+def clip_problem(clip_len: int | None, overlap: int = 0,
+                 names: tuple[str, str] = ("clip_len", "overlap")) -> str | None:
     """Why ``clip_len`` / ``overlap`` cannot work, or None: ``clip_len`` None (whole video, ``overlap`` 0) or
     ``clip_len >= 1`` and ``0 <= overlap < clip_len``. ``names`` are the words used for them (flags: ``--clip_len``)."""
     clip, over = names

@@ -54,7 +54,8 @@ def as_pil_frames(frames) -> list[Image.Image]:
     ``[T, H, W, 3]``."""
     if isinstance(frames, np.ndarray):
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise UserInputError(f"frames as an array must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+            raise UserInputError(f"frames as an array must be uint8 [T, H, W, 3], got {frames.dtype} "
+                                 f"{list(frames.shape)}")
     frames = [as_pil_frame(frame) for frame in frames]
     if not frames:
         raise UserInputError("the video has no frames; pass a non-empty list of PIL images or a [T, H, W, 3] array")

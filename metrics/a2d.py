@@ -84,7 +84,8 @@ def _top_iou(predictions: list[dict], ground_truth: dict) -> tuple[np.ndarray, n
     for annotation in ground_truth["annotations"]:
         image_id = annotation["image_id"]
         if image_id not in best:
-            raise UserInputError(f"no prediction for image_id {image_id!r}: every ground-truth sample needs at least one")
+            raise UserInputError(f"no prediction for image_id {image_id!r}: every ground-truth sample needs at "
+                                 f"least one")
         gt = rle_to_mask(annotation["segmentation"])
         pred = rle_to_mask(best[image_id]["segmentation"])
         if pred.shape != gt.shape:

@@ -39,7 +39,7 @@ def read_label_png(path: Path) -> np.ndarray:
         labels = np.array(image)
     if labels.ndim != 2:
         raise UserInputError(f"{path}: expected an indexed (palette 'P' or grey 'L') PNG whose pixels are object ids, "
-                         f"got mode {image.mode} with shape {labels.shape}")
+                             f"got mode {image.mode} with shape {labels.shape}")
     return labels
 
 
@@ -56,7 +56,7 @@ def match_video(gt_labels: np.ndarray, res_labels: np.ndarray, video: str = "") 
     """
     if gt_labels.shape != res_labels.shape:
         raise UserInputError(f"video {video}: results {res_labels.shape} and annotations {gt_labels.shape} differ in "
-                         f"shape")
+                             f"shape")
     num_frames, height, width = gt_labels.shape
     first = gt_labels[0]
     # Void counts as background: object ids stop below 255, so the masks below never include void pixels.
@@ -64,7 +64,7 @@ def match_video(gt_labels: np.ndarray, res_labels: np.ndarray, video: str = "") 
     num_proposals = int(res_labels.max())
     if num_proposals > MAX_PROPOSALS:
         raise UserInputError(f"video {video}: the result PNGs hold id {num_proposals}, but at most {MAX_PROPOSALS} "
-                         f"proposals (ids 1..{MAX_PROPOSALS}, 0 = background) are allowed")
+                             f"proposals (ids 1..{MAX_PROPOSALS}, 0 = background) are allowed")
     if num_objects == 0:
         return np.zeros((0, num_frames)), np.zeros((0, num_frames))
     num_rows = max(num_proposals, num_objects)  # ids above num_proposals are the empty padding proposals
@@ -111,7 +111,7 @@ def _read_results(results_dir: Path, video: str, frame_names: list[str], shape: 
         frame = read_label_png(path)
         if frame.shape != shape:
             raise UserInputError(f"{path}: result is {frame.shape[1]}x{frame.shape[0]}, the annotation is "
-                             f"{shape[1]}x{shape[0]}; write results at the annotation's resolution")
+                                 f"{shape[1]}x{shape[0]}; write results at the annotation's resolution")
         labels.append(frame)
     return np.stack(labels)
 
@@ -147,7 +147,7 @@ def evaluate_davis_unsupervised(davis_root: str | Path, results_dir: str | Path,
             scores[f"{video}_{obj}"] = (j_row, f_row)
     if not scores:
         raise UserInputError(f"no objects to evaluate: the first annotation frame of every video listed in {imageset} "
-                         f"is empty")
+                             f"is empty")
     return summarize(scores)
 
 

@@ -90,7 +90,7 @@ def score_mevis(pred_dir: str | Path, gt_root: str | Path, split: str = "valid_u
             size = store.sizes[video]
             if size is not None and pred.shape[1:] != size:
                 raise UserInputError(f"predictions of {video}/{exp_id} are {pred.shape[2]}x{pred.shape[1]} (WxH), the "
-                                 f"ground truth is {size[1]}x{size[0]}; write masks at the original resolution")
+                                     f"ground truth is {size[1]}x{size[0]}; write masks at the original resolution")
             gt = np.zeros_like(pred)
             for anno_id in annos[video][exp_id]:
                 if anno_id not in object_masks:

@@ -28,7 +28,7 @@ def _read_png(path: Path, what: str) -> np.ndarray:
 def _object_id(video: str, exp_id: str, expression: dict) -> int:
     if "obj_id" not in expression:
         raise UserInputError(f"expression {video}/{exp_id} has no 'obj_id': scoring needs a split with ground truth "
-                         f"(e.g. train or RefShapes valid), not the Ref-YouTube-VOS valid json")
+                             f"(e.g. train or RefShapes valid), not the Ref-YouTube-VOS valid json")
     try:
         return int(expression["obj_id"])
     except (TypeError, ValueError) as err:
@@ -79,7 +79,7 @@ def score_predictions(pred_dir: str | Path, gt_root: str | Path, split: str) -> 
                 for frame in frames]) > 0
             if pred.shape != gt_labels.shape:
                 raise UserInputError(f"predictions of {video}/{exp_id} are {pred.shape[1:]} (H, W) per frame, the "
-                                 f"ground truth is {gt_labels.shape[1:]}; write masks at the original resolution")
+                                     f"ground truth is {gt_labels.shape[1:]}; write masks at the original resolution")
             gt = gt_labels == obj_id
             j, f = float(np.mean(jaccard(pred, gt))), float(np.mean(boundary_f(pred, gt)))
             per_expression[f"{video}/{exp_id}"] = {"J": j, "F": f, "JF": (j + f) / 2, "kind": expression.get("kind")}

@@ -1,4 +1,5 @@
-"""Session-wide fixtures: a small RefShapes dataset and the tiny pretrained weights, each built once."""
+"""Session-wide fixtures: a small RefShapes dataset, the tiny pretrained weights and an untrained tiny model saved
+with them, each built once."""
 import os
 from pathlib import Path
 
@@ -31,6 +32,22 @@ def tiny_weights(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("weights")
     build_tiny_weights(root, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_weights, refshapes_root, tmp_path_factory) -> Path:
+    """An untrained tiny HCD (seed 0) on ``refshapes_root`` at 32 px, saved by ``Predictor.save_pretrained``."""
+    from inference.predictor import Predictor
+    from models import build_model
+    from models.pretrained import load_pretrained
+    from util.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "refshapes_tiny.yaml")
+    cfg.update(weights=str(tiny_weights), data_root=str(refshapes_root))
+    cfg["data"]["test_size"] = cfg["data"]["max_size"] = 32
+    torch.manual_seed(0)
+    model, _ = build_model(cfg, load_pretrained(tiny_weights))
+    return Predictor(model, cfg).save_pretrained(tmp_path_factory.mktemp("model") / "hcd")
 
 
 @pytest.fixture

@@ -9,18 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import inference_ytvos
 from datasets import load_frames
-from models import build_model
 from inference.predictor import Predictor
-from models.pretrained import load_pretrained
 from util.config import load_config, save_config
 from inference.writers import mask_png_bytes
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "refshapes_tiny.yaml"
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:
@@ -36,25 +32,15 @@ def read_meta(root: Path, split: str = "valid") -> dict:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_weights, refshapes_root, tmp_path_factory) -> Path:
-    cfg = load_config(CONFIG)
-    cfg.update(weights=str(tiny_weights), data_root=str(refshapes_root))
-    cfg["data"]["test_size"] = cfg["data"]["max_size"] = 32
-    torch.manual_seed(0)
-    model, _ = build_model(cfg, load_pretrained(tiny_weights))
-    return Predictor(model, cfg).save_pretrained(tmp_path_factory.mktemp("model") / "hcd")
+def predictor(tiny_model_dir, tiny_weights) -> Predictor:
+    return Predictor.from_pretrained(tiny_model_dir, tiny_weights)
 
 
 @pytest.fixture(scope="module")
-def predictor(model_dir, tiny_weights) -> Predictor:
-    return Predictor.from_pretrained(model_dir, tiny_weights)
-
-
-@pytest.fixture(scope="module")
-def inference_run(model_dir, tmp_path_factory) -> tuple[Path, str]:
+def inference_run(tiny_model_dir, tmp_path_factory) -> tuple[Path, str]:
     """One inference run on RefShapes valid (data_root and weights from the stored config): (output dir, stderr)."""
     output_dir = tmp_path_factory.mktemp("ytvos_out")
-    code, _, err = run(["--checkpoint", str(model_dir), "--output_dir", str(output_dir)])
+    code, _, err = run(["--checkpoint", str(tiny_model_dir), "--output_dir", str(output_dir)])
     assert code == 0
     return output_dir, err
 
@@ -189,7 +175,7 @@ def test_test_json_drops_the_test_videos(refshapes_root, inference_run, tmp_path
     assert code == 1 and f"Annotations/{videos[0]}/" in out and "not part of the split" in out
 
 
-def test_skip_existing_clip_len_and_threshold(inference_run, model_dir, refshapes_root, predictor, tmp_path):
+def test_skip_existing_clip_len_and_threshold(inference_run, tiny_model_dir, refshapes_root, predictor, tmp_path):
     first_dir, _ = inference_run
     output_dir = tmp_path / "out"
     shutil.copytree(first_dir / "Annotations", output_dir / "Annotations")
@@ -198,7 +184,7 @@ def test_skip_existing_clip_len_and_threshold(inference_run, model_dir, refshape
     shutil.rmtree(output_dir / "Annotations" / redo)
     marker = next((output_dir / "Annotations" / keep).rglob("*.png"))
     marker.write_bytes(mask_png_bytes(np.ones(Image.open(marker).size[::-1], bool)))
-    code, _, err = run(["--checkpoint", str(model_dir), "--output_dir", str(output_dir), "--skip_existing",
+    code, _, err = run(["--checkpoint", str(tiny_model_dir), "--output_dir", str(output_dir), "--skip_existing",
                         "--clip_len", "3", "--threshold", "0.6"])
     assert code == 0 and "keeping 2 video folders" in err
     assert np.asarray(Image.open(marker)).min() == 255  # kept as it was
@@ -213,12 +199,12 @@ def test_skip_existing_clip_len_and_threshold(inference_run, model_dir, refshape
     assert not [path for path in (output_dir / "Annotations").iterdir() if path.name.startswith(".")]
 
 
-def test_config_flag_replaces_the_stored_config(model_dir, tmp_path):
-    cfg = load_config(model_dir / "config.yaml")
+def test_config_flag_replaces_the_stored_config(tiny_model_dir, tmp_path):
+    cfg = load_config(tiny_model_dir / "config.yaml")
     cfg["model"]["hidden_dim"] = 32
     save_config(cfg, tmp_path / "other.yaml")
     with pytest.raises(ValueError, match="shape mismatch"):
-        run(["--checkpoint", str(model_dir), "--config", str(tmp_path / "other.yaml"),
+        run(["--checkpoint", str(tiny_model_dir), "--config", str(tmp_path / "other.yaml"),
              "--output_dir", str(tmp_path / "out")])
 
 

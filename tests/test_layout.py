@@ -5,11 +5,15 @@
 - no package (``models``, ``datasets``, ``inference``, ``metrics``, ``util``, ``testing``) imports an entry point
   (``benchmarks/`` and ``scripts/`` are drivers, like the entry points, and may);
 - ``util/`` and ``models/`` import neither ``datasets/``, ``inference/`` nor ``metrics/``;
-- ``metrics/`` does not import ``inference/``.
+- ``datasets/`` imports neither ``inference/`` nor ``metrics/``, and ``metrics/`` does not import ``inference/``;
+- ``docs/architecture.md``'s layout table names every folder and top-level file, and every module of the packages.
 
 Every ``import`` statement counts, those inside functions included.
 """
 import ast
+import fnmatch
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +23,7 @@ ENTRY_POINTS = ("main", "engine", "evaluate", "inference_ytvos", "inference_davi
 ALLOWED_ENTRY_IMPORTS = {("main", "evaluate"), ("main", "engine")}
 PACKAGES = ("models", "datasets", "inference", "metrics", "util", "testing")
 FORBIDDEN = {"util": ("datasets", "inference", "metrics"), "models": ("datasets", "inference", "metrics"),
-             "metrics": ("inference",)}
+             "datasets": ("inference", "metrics"), "metrics": ("inference",)}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -67,3 +71,32 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     source = tmp_path / "probe.py"
     source.write_text("import os\n\ndef f():\n    from evaluate import run_evaluation\n    import inference.cli\n")
     assert imported_modules(source) == {"os", "evaluate", "inference.cli"}
+
+
+def layout_table() -> dict[str, str]:
+    """``docs/architecture.md``'s "Layout" table: path -> what it holds."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `([^`]+)` \| (.+) \|$", section, flags=re.M))
+
+
+def named_in(name: str, cell: str) -> bool:
+    """Whether ``cell`` names file ``name``, with or without ``.py``, or by a pattern (`dist_train_*.sh`)."""
+    return any(fnmatch.fnmatch(name, token) or fnmatch.fnmatch(name.removesuffix(".py"), token)
+               for token in re.findall(r"`([^`]+)`", cell))
+
+
+def test_the_layout_table_names_every_folder_top_level_file_and_module():
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    table = layout_table()
+    top_level = {path for path in tracked if "/" not in path}
+    folders = {path.split("/")[0] + "/" for path in tracked if "/" in path}
+    folders |= {"/".join(path.split("/")[:2]) + "/" for path in tracked
+                if path.count("/") >= 2 and path.split("/")[0] in ("configs", "models")}
+    missing = sorted((top_level | folders) - set(table))
+    assert not missing, f"not in docs/architecture.md's layout table: {missing}"
+    described = PACKAGES + ("models/backbone", "models/ops", "scripts")
+    unnamed = [path for path in tracked if path.rpartition("/")[0] in described
+               and path.endswith((".py", ".sh")) and not path.endswith("__init__.py")
+               and not named_in(path.rpartition("/")[2], table[path.rpartition("/")[0] + "/"])]
+    assert not unnamed, f"files the layout table does not name: {unnamed}"

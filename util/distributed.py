@@ -4,6 +4,8 @@ Every helper works unchanged in a single process (no process group): rank 0 of a
 """
 import datetime
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -99,6 +101,16 @@ def cleanup() -> None:
     """Leave the process group (no-op in a single process)."""
     if is_distributed():
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(device: str, timeout: datetime.timedelta = TIMEOUT) -> Iterator[int]:
+    """``init_distributed`` for the block, ``cleanup`` after it (also when it raises); yields this process's rank."""
+    rank, _, _ = init_distributed(device, timeout)
+    try:
+        yield rank
+    finally:
+        cleanup()
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, rank: int, world_size: int) -> list[int]:

@@ -7,16 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from inference.predictor import Predictor
 from inference.sharding import assign_videos, folder_holds, raise_failures, run_record, run_shard, ShardError
-from models import build_model
-from models.pretrained import load_pretrained
-from util.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs" / "refshapes_tiny.yaml"
 
 
 def test_longest_first_onto_the_least_loaded_rank():
@@ -76,16 +70,6 @@ def test_run_record_changes_with_the_checkpoint_file(tmp_path):
 # ------------------------------------------------------------------------------------ two gloo processes
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_weights, refshapes_root, tmp_path_factory) -> Path:
-    cfg = load_config(CONFIG)
-    cfg.update(weights=str(tiny_weights), data_root=str(refshapes_root))
-    cfg["data"]["test_size"] = cfg["data"]["max_size"] = 32
-    torch.manual_seed(0)
-    model, _ = build_model(cfg, load_pretrained(tiny_weights))
-    return Predictor(model, cfg).save_pretrained(tmp_path_factory.mktemp("model") / "hcd")
-
-
 def launch(entry: str, args: list[str], nproc: int) -> subprocess.CompletedProcess:
     """``entry`` in one plain process or under torchrun with ``nproc`` gloo processes, one thread each."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -99,10 +83,10 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
             if path.is_file() and path.name not in ("run.json", "config.yaml")}
 
 
-def test_two_processes_write_the_same_bytes_and_resume_after_a_failed_rank(model_dir, refshapes_root, tmp_path):
+def test_two_processes_write_the_same_bytes_and_resume_after_a_failed_rank(tiny_model_dir, refshapes_root, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(refshapes_root, data)
-    common = ["--checkpoint", str(model_dir), "--data_root", str(data), "--device", "cpu"]
+    common = ["--checkpoint", str(tiny_model_dir), "--data_root", str(data), "--device", "cpu"]
     single = launch("inference_ytvos.py", common + ["--output_dir", str(tmp_path / "one")], 1)
     assert single.returncode == 0, single.stderr[-3000:]
     reference = tree_bytes(tmp_path / "one")
