@@ -1,5 +1,14 @@
-"""Write a file or a folder so that readers see either the old content or the complete new one, never a partial one."""
+"""Write a file or a folder so that readers see either the old content or the complete new one, never a partial one.
+
+A process killed (SIGKILL, OOM, preemption) inside ``atomic_directory`` leaves its staging folder
+``.<target>.partial-<8 hex>`` (and, killed while replacing, ``.<target>.old-<8 hex>``) beside ``target``: hidden,
+never under ``target``'s name, so never read as ``target``. ``remove_stale_staging(target)`` deletes those of one
+target; ``write_folder`` calls it before writing, so redoing a target also clears what a killed writer of that same
+target left. Each target has one writer at a time (an inference rank owns its videos), so no live staging folder of
+another process is ever removed.
+"""
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -15,11 +24,22 @@ def _unique_path(parent: Path, prefix: str, suffix: str, create: Callable[[Path]
     umask at the time of the call gives the result the permissions a plain open()/mkdir() would.
     """
     while True:
-        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        path = _random_name(parent, prefix, suffix)
         try:
             return path, create(path)
         except FileExistsError:
             continue
+
+
+_TOKEN_BYTES = 4  # the random part of a staging name: 8 hex digits
+
+
+def _staging_prefix(target: Path, kind: str) -> str:
+    return f".{target.name}.{kind}-"
+
+
+def _random_name(parent: Path, prefix: str, suffix: str) -> Path:
+    return parent / f"{prefix}{secrets.token_hex(_TOKEN_BYTES)}{suffix}"
 
 
 def _new_file(path: Path) -> int:
@@ -64,13 +84,13 @@ def atomic_directory(target: str | Path, replace: bool = False) -> Iterator[Path
         raise FileExistsError(f"{target} already exists and is not an empty folder; delete it or choose another "
                               f"output folder.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging, _ = _unique_path(target.parent, f".{target.name}.partial-", "", os.mkdir)
+    staging, _ = _unique_path(target.parent, _staging_prefix(target, "partial"), "", os.mkdir)
     try:
         yield staging
         if not target.exists():
             os.replace(staging, target)
         elif replace:
-            old, _ = _unique_path(target.parent, f".{target.name}.old-", "", os.mkdir)
+            old, _ = _unique_path(target.parent, _staging_prefix(target, "old"), "", os.mkdir)
             os.replace(target, old / target.name)
             os.replace(staging, target)
             shutil.rmtree(old)
@@ -82,12 +102,33 @@ def atomic_directory(target: str | Path, replace: bool = False) -> Iterator[Path
         raise
 
 
+def remove_stale_staging(target: str | Path) -> list[Path]:
+    """Delete the folders that an ``atomic_directory(target)`` killed before its cleanup left beside ``target``:
+    exactly the names ``.<target name>.partial-<8 hex>`` and ``.<target name>.old-<8 hex>`` (the staging folders of
+    this target, no other target's and no other file); returns them. Only for a target nobody is writing now.
+    """
+    target = Path(target)
+    prefixes = "|".join(re.escape(_staging_prefix(target, kind)) for kind in ("partial", "old"))
+    pattern = re.compile(f"(?:{prefixes})[0-9a-f]{{{2 * _TOKEN_BYTES}}}")
+    try:
+        entries = list(os.scandir(target.parent))
+    except FileNotFoundError:
+        return []
+    stale = [Path(entry.path) for entry in entries
+             if pattern.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
 def write_folder(folder: str | Path, files: dict[str, bytes]) -> None:
     """Write ``files`` (path relative to ``folder`` -> content) as the new content of ``folder``, all at once.
 
     An existing ``folder`` is replaced (``atomic_directory(folder, replace=True)``), so ``folder`` is always
-    either absent, the old one or the complete new one.
+    either absent, the old one or the complete new one. The staging folders a killed earlier write of ``folder``
+    left are removed first (``remove_stale_staging``).
     """
+    remove_stale_staging(folder)
     with atomic_directory(folder, replace=True) as staging:
         for name, data in files.items():
             path = staging / name

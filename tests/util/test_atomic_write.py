@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from util.atomic_write import atomic_directory, atomic_write, write_folder
+from util.atomic_write import atomic_directory, atomic_write, remove_stale_staging, write_folder
 
 
 def names(folder) -> list[str]:
@@ -79,3 +79,28 @@ def test_permissions_follow_the_umask_of_the_moment_and_importing_changes_no_uma
     assert stat.S_IMODE((tmp_path / "g.bin").stat().st_mode) == 0o640
     assert (tmp_path / "f.bin").read_bytes() == b"x"
     assert names(tmp_path) == ["d", "f.bin", "g.bin"]  # no temp file left
+
+
+def test_the_staging_folders_a_killed_writer_left_go_and_nothing_else(tmp_path):
+    """What SIGKILL inside atomic_directory leaves (its cleanup never runs): the staging folder, and while
+    replacing the old one too. Redoing that target removes exactly those; other targets' are left alone."""
+    target = tmp_path / "video"
+    (tmp_path / ".video.partial-0a1b2c3d" / "0").mkdir(parents=True)
+    (tmp_path / ".video.partial-0a1b2c3d" / "0" / "00000.png").write_bytes(b"half")
+    (tmp_path / ".video.old-deadbeef" / "video").mkdir(parents=True)
+    keep = [".other.partial-0a1b2c3d",  # another video's: its own rank's business
+            ".video.partial-0a1b2c3",  # not a staging name: 7 hex digits
+            ".video.partial-0a1b2c3dd", ".video.partial-0A1B2C3D", "video.partial-0a1b2c3d", ".video.tmp-0a1b2c3d",
+            ".video.x.partial-0a1b2c3d", "other"]
+    for name in keep:
+        (tmp_path / name).mkdir()
+    (tmp_path / ".video.partial-11111111").write_bytes(b"a file, not a staging folder")
+    assert sorted(path.name for path in remove_stale_staging(target)) == [".video.old-deadbeef",
+                                                                           ".video.partial-0a1b2c3d"]
+    assert names(tmp_path) == sorted(keep + [".video.partial-11111111"])
+    assert remove_stale_staging(tmp_path / "absent" / "video") == []
+
+    (tmp_path / ".video.partial-00000000").mkdir()  # write_folder clears them before writing
+    write_folder(target, {"0/00000.png": b"png"})
+    assert names(tmp_path) == sorted(keep + [".video.partial-11111111", "video"])
+    assert names(target / "0") == ["00000.png"]
