@@ -25,14 +25,13 @@ job that stopped.
 """
 import argparse
 import sys
-from functools import partial
 from pathlib import Path
 
 from datasets.mevis import count_expressions, mevis_version, read_mevis_meta
 from datasets.ytvos import first_frame_sizes
 from inference.cli import add_data_arguments, add_model_arguments, load_predictor
-from inference.sharding import folder_holds, run_record, sharded_run
-from inference.videos import video_files, write_video
+from inference.sharding import run_record
+from inference.videos import write_video_masks_sharded
 from inference.writers import expected_masks, write_submission_zip
 from metrics.protocols import score
 from util.cli import exit_on_user_error, resolve_device
@@ -69,13 +68,11 @@ def _run_inference(args: argparse.Namespace, rank: int) -> int:
     if rank == 0:
         save_config(predictor.cfg, output_dir / "config.yaml")
     clip_len = args.clip_len or predictor.cfg["inference"]["clip_len"]
-    names = video_files(expected)
     record = run_record(entry="inference_mevis.py", checkpoint=args.checkpoint, config=args.config,
                         weights=args.weights, data_root=str(data_root), split=args.split, clip_len=clip_len,
                         amp=args.amp)
-    segment = partial(write_video, predictor, data_root, args.split, out=output_dir, clip_len=clip_len)
-    if not sharded_run(videos, segment, lambda video, _: folder_holds(output_dir / video, names[video]), output_dir,
-                       record, args.skip_existing):
+    if not write_video_masks_sharded(predictor, data_root, args.split, videos, expected, output_dir, output_dir,
+                                     record, clip_len, skip_existing=args.skip_existing):
         return 0  # rank 0 checks and zips every rank's videos
     if args.split == "valid":
         zip_path = output_dir / "submission.zip"

@@ -23,14 +23,13 @@ running the same command again keeps the finished videos (recorded in ``<output_
 import argparse
 import sys
 import zipfile
-from functools import partial
 from pathlib import Path
 
 from datasets import read_meta_expressions
 from datasets.ytvos import first_frame_sizes, meta_expressions_path, read_meta_json
 from inference.cli import add_data_arguments, add_model_arguments, load_predictor
-from inference.sharding import folder_holds, run_record, sharded_run
-from inference.videos import video_files, write_video
+from inference.sharding import run_record
+from inference.videos import write_video_masks_sharded
 from inference.writers import check_zip, expected_masks, write_submission_zip
 from metrics.protocols import score
 from util.cli import exit_on_user_error, resolve_device
@@ -87,14 +86,11 @@ def _run_inference(args: argparse.Namespace, rank: int) -> int:
     annotations.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         save_config(predictor.cfg, output_dir / "config.yaml")
-    names = video_files(expected)
     record = run_record(entry="inference_ytvos.py", checkpoint=args.checkpoint, config=args.config,
                         weights=args.weights, data_root=str(data_root), split=args.split, clip_len=args.clip_len,
                         threshold=args.threshold, amp=args.amp)
-    segment = partial(write_video, predictor, data_root, args.split, out=annotations, clip_len=args.clip_len,
-                      threshold=args.threshold)
-    if not sharded_run(videos, segment, lambda video, _: folder_holds(annotations / video, names[video]), output_dir,
-                       record, args.skip_existing, annotations):
+    if not write_video_masks_sharded(predictor, data_root, args.split, videos, expected, annotations, output_dir,
+                                     record, args.clip_len, args.threshold, args.skip_existing):
         return 0  # rank 0 checks and zips every rank's videos
     zip_path = output_dir / "submission.zip"
     write_submission_zip(output_dir, zip_path, expected)

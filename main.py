@@ -353,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
                      "saved run with its optimizer and step counter: give one of them")
     if args.init_skip and args.init_from is None:
         parser.error("--init_skip needs --init_from (the weights to skip parameters of)")
+    if args.init_from is not None and not Path(args.init_from).exists():  # before the dataset is read
+        parser.error(f"--init_from {args.init_from} does not exist: give a checkpoint of main.py (.pth) or a folder "
+                     f"written by Predictor.save_pretrained")
     cfg, checkpoint = resolve_config(args)
     if args.eval:
         return evaluate(args, cfg, checkpoint)

@@ -1,14 +1,16 @@
 """One video at a time: frames decoded lazily, segmented clip by clip (``Predictor.stream``), encoded as mask
 PNGs and written as one atomic folder. ``inference_ytvos.py``, ``inference_mevis.py`` and ``evaluate.py`` (the
 Ref-YouTube-VOS-layout and MeViS evaluations of ``main.py --eval``) write their prediction trees with
-``write_video_masks``."""
+``write_video_masks``, or under ``torchrun`` with ``write_video_masks_sharded``."""
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
 
 from datasets import load_frames
+from inference.sharding import folder_holds, sharded_run
 from inference.writers import mask_png_bytes
 from util.atomic_write import write_folder
 
@@ -59,3 +61,15 @@ def video_files(expected) -> dict[str, set[str]]:
     for item in expected:
         files.setdefault(item.video, set()).add(f"{item.exp_id}/{item.frame}.png")
     return files
+
+
+def write_video_masks_sharded(predictor, data_root: Path, split: str, videos: dict, expected, out: Path,
+                              output_dir: Path, record: dict, clip_len: int | None, threshold: float | None = None,
+                              skip_existing: bool = False) -> bool:
+    """``write_video_masks`` over this process's share of ``videos`` (``inference.sharding.sharded_run``, which
+    keeps finished videos when resuming): a video is finished when ``out/<video>`` holds exactly its masks of
+    ``expected`` (``inference.writers.expected_masks``). True on rank 0 once every rank's videos are on disk."""
+    files = video_files(expected)
+    segment = partial(write_video, predictor, data_root, split, out=out, clip_len=clip_len, threshold=threshold)
+    return sharded_run(videos, segment, lambda video, _: folder_holds(out / video, files[video]), output_dir, record,
+                       skip_existing, out)

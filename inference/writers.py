@@ -129,7 +129,7 @@ def write_submission_zip(root: Path, zip_path: Path, expected: list[ExpectedMask
     """Zip the ``expected`` PNGs under ``root`` to ``zip_path``, under the same names, after checking they are
     complete (Ref-YouTube-VOS: ``Annotations/`` at the zip root; MeViS: the video folders).
 
-    Raises ValueError listing the problems instead of writing an incomplete zip; the zip appears atomically
+    Raises UserInputError listing the problems instead of writing an incomplete zip; the zip appears atomically
     (``util.atomic_write.atomic_write``: a failure leaves neither a partial zip nor a temporary file). The members
     carry a fixed date and mode (``zip_member``), so the bytes depend on the PNGs only.
     """
@@ -138,6 +138,7 @@ def write_submission_zip(root: Path, zip_path: Path, expected: list[ExpectedMask
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise UserInputError(f"the submission under {root} is incomplete ({len(problems)} problems):\n  {shown}{more}")
+
     def write(file) -> None:
         with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for item in expected:

@@ -150,6 +150,16 @@ def test_main_refuses_init_from_with_resume(tmp_path, trained_run, capsys):
     assert "--init_from starts a new run" in capsys.readouterr().err
 
 
+def test_main_refuses_a_missing_init_from_before_reading_data(tmp_path, trained_run, capsys, monkeypatch):
+    config, _ = trained_run
+    monkeypatch.setattr(main, "build_dataset", lambda *args: pytest.fail("the dataset was read"))
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["--config", str(config), "--output_dir", str(tmp_path / "e"), "--init_from", str(tmp_path / "no.pth")])
+    assert exit_info.value.code == 2
+    assert f"--init_from {tmp_path / 'no.pth'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
 def test_main_mismatch_fails_before_writing_anything(tmp_path, trained_run, monkeypatch):
     config, source = trained_run
 
