@@ -258,6 +258,21 @@ def test_a2d_on_the_tiny_hcd(a2d_root, tiny_weights, tmp_path):
     assert results["num_samples"] == len(A2D_SAMPLES)
     for key in METRIC_KEYS - {"num_samples", "map_over"}:
         assert 0.0 <= results[key] <= 1.0, key
+    # The overall IoU again, by hand, from the files the evaluation kept: every image's highest-scoring slot.
+    kept = tmp_path / "eval_a2d"
+    predictions = json.loads((kept / "predictions.json").read_text())
+    ground_truth = json.loads((kept / "ground_truth.json").read_text())
+    best = {}
+    for prediction in predictions:
+        if prediction["image_id"] not in best or prediction["score"] >= best[prediction["image_id"]]["score"]:
+            best[prediction["image_id"]] = prediction
+    assert len(best) == len(ground_truth["annotations"]) == len(A2D_SAMPLES)
+    intersection = union = 0
+    for annotation in ground_truth["annotations"]:
+        pred = rle_to_mask(best[annotation["image_id"]]["segmentation"]).astype(bool)
+        gt = rle_to_mask(annotation["segmentation"]).astype(bool)
+        intersection, union = intersection + (pred & gt).sum(), union + (pred | gt).sum()
+    assert results["overall_iou"] == pytest.approx(intersection / union)
 
 
 # ------------------------------------------------------------------------------------------------ RefShapes
