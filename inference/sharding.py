@@ -13,10 +13,10 @@ A video counts as done only when its folder holds exactly the files it should (`
 appears whole or not at all, so an interrupted run leaves no half-written video, and a re-run of the same command
 under torchrun predicts only the videos that are not done (a preempted job resumes). A rank killed while writing
 leaves only a hidden staging folder ``.<video>.partial-<hex>``, never counted as done, zipped or scored (those read
-the video's own folder by name), and removed when its video is redone (``write_folder``: each video has one rank). ``run.json`` beside the
-outputs of a torchrun job records what produced them (checkpoint, split, flags); a run whose record differs starts
-over instead of keeping another model's masks. A single process keeps videos only with ``--skip_existing``, as
-before, and writes no ``run.json``.
+the video's own folder by name), and removed when its video is redone (``write_folder``: each video has one rank).
+``run.json`` beside the outputs of a torchrun job records what produced them (checkpoint, split, flags); a run
+whose record differs starts over instead of keeping another model's masks. A single process keeps videos only with
+``--skip_existing``, as before, and writes no ``run.json``.
 """
 import json
 import os

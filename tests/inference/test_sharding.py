@@ -1,13 +1,20 @@
 """inference/sharding.py: the balanced, deterministic split of the videos over torchrun ranks, completeness, and
-2-process gloo inference on CPU that equals the 1-process output byte for byte and resumes after a failed rank."""
+2-process gloo inference on CPU that equals the 1-process output byte for byte (Ref-YouTube-VOS and MeViS) and
+resumes after a failed rank and after a rank killed by SIGKILL."""
+import contextlib
+import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from datasets.refshapes import generate_refshapes
 from inference.sharding import assign_videos, folder_holds, raise_failures, run_record, run_shard, ShardError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,12 +77,21 @@ def test_run_record_changes_with_the_checkpoint_file(tmp_path):
 # ------------------------------------------------------------------------------------ two gloo processes
 
 
-def launch(entry: str, args: list[str], nproc: int) -> subprocess.CompletedProcess:
-    """``entry`` in one plain process or under torchrun with ``nproc`` gloo processes, one thread each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def command(entry: str, args: list[str], nproc: int) -> list[str]:
+    """``entry`` in one plain process or under torchrun with ``nproc`` gloo processes."""
     prefix = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                   "--nproc_per_node", str(nproc)]
-    return subprocess.run(prefix + [entry, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return prefix + [entry, *args]
+
+
+def one_thread_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def launch(entry: str, args: list[str], nproc: int) -> subprocess.CompletedProcess:
+    """``command`` run to its end, one thread per process."""
+    return subprocess.run(command(entry, args, nproc), cwd=REPO, env=one_thread_env(), capture_output=True,
+                          text=True, timeout=300)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -83,14 +99,24 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
             if path.is_file() and path.name not in ("run.json", "config.yaml")}
 
 
-def test_two_processes_write_the_same_bytes_and_resume_after_a_failed_rank(tiny_model_dir, refshapes_root, tmp_path):
+@pytest.fixture(scope="module")
+def ytvos_reference(tiny_model_dir, refshapes_root, tmp_path_factory) -> dict[str, bytes]:
+    """The files of one plain process's Ref-YouTube-VOS run on ``refshapes_root`` (Annotations/ and the zip)."""
+    out = tmp_path_factory.mktemp("one")
+    single = launch("inference_ytvos.py", ["--checkpoint", str(tiny_model_dir), "--data_root", str(refshapes_root),
+                                           "--device", "cpu", "--output_dir", str(out)], 1)
+    assert single.returncode == 0, single.stderr[-3000:]
+    reference = tree_bytes(out)
+    assert "submission.zip" in reference and len(reference) > 10
+    return reference
+
+
+def test_two_processes_write_the_same_bytes_and_resume_after_a_failed_rank(tiny_model_dir, refshapes_root,
+                                                                           ytvos_reference, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(refshapes_root, data)
     common = ["--checkpoint", str(tiny_model_dir), "--data_root", str(data), "--device", "cpu"]
-    single = launch("inference_ytvos.py", common + ["--output_dir", str(tmp_path / "one")], 1)
-    assert single.returncode == 0, single.stderr[-3000:]
-    reference = tree_bytes(tmp_path / "one")
-    assert "submission.zip" in reference and len(reference) > 10
+    reference = ytvos_reference
 
     # Rank 1's first video (in the balanced split) has a broken later frame: the job fails naming it.
     videos = sorted(path.name for path in (data / "valid" / "JPEGImages").iterdir())
@@ -114,3 +140,103 @@ def test_two_processes_write_the_same_bytes_and_resume_after_a_failed_rank(tiny_
     kept = len({name.split("/")[1] for name in written})
     assert f"resuming the same run: keeping {kept} video folders" in resumed.stderr and kept > 0
     assert tree_bytes(tmp_path / "two") == reference  # every PNG and the zip, byte for byte
+
+
+@contextlib.contextmanager
+def opening_waits(path: Path):
+    """While in the block, another process's open(``path``) waits (a write lease, fcntl F_SETLEASE: the kernel
+    holds the opener until the lease goes, or /proc/sys/fs/lease-break-time seconds later); yields a function that
+    says whether someone is waiting. ``path`` itself stays a plain, unchanged file."""
+    break_time = Path("/proc/sys/fs/lease-break-time")
+    if break_time.is_file() and int(break_time.read_text()) < 30:
+        pytest.skip(f"{break_time} is under 30 s: the held open() may go on before the test kills it")
+    previous = signal.signal(signal.SIGIO, signal.SIG_IGN)  # the kernel signals the holder when an open waits
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+        except OSError as error:
+            pytest.skip(f"no file leases on {path.parent} ({error})")
+        yield lambda: fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_WRLCK  # being broken: an open() waits
+    finally:
+        os.close(fd)  # the lease goes with it
+        signal.signal(signal.SIGIO, previous)
+
+
+def worker_pid(agent: int, rank: int) -> int | None:
+    """The pid of torchrun ``agent``'s worker process of ``rank`` (its child whose environment says RANK=rank)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != agent:
+                continue
+            if f"RANK={rank}".encode() in (stat.parent / "environ").read_bytes().split(b"\0"):
+                return int(stat.parent.name)
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+    return None
+
+
+def wait_for(condition: Callable[[], bool], job: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert job.poll() is None, f"the job ended first (exit code {job.returncode})"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file leases and /proc")
+def test_a_rank_killed_by_sigkill_mid_job_is_resumed_by_the_same_command(tiny_model_dir, refshapes_root,
+                                                                         ytvos_reference, tmp_path):
+    """Rank 1 is SIGKILLed while it segments its video (held opening a frame, see ``opening_waits``), once rank
+    0's videos are written and it waits for rank 1; torchrun fails. A staging folder like the one SIGKILL leaves
+    in the middle of writing that video (its cleanup never runs) is put beside it. The same command again keeps
+    rank 0's videos, removes the leftover, redoes the rest: every PNG and the zip equal one process's."""
+    data = tmp_path / "data"
+    shutil.copytree(refshapes_root, data)
+    out = tmp_path / "two"
+    annotations = out / "Annotations"
+    frames = data / "valid" / "JPEGImages"
+    counts = {video.name: len(list(video.iterdir())) for video in frames.iterdir()}
+    first, (victim, *_) = assign_videos(counts, 2)
+    args = ["--checkpoint", str(tiny_model_dir), "--data_root", str(data), "--device", "cpu", "--output_dir", str(out)]
+    # not the first frame: every rank reads each video's first frame before segmenting
+    with opening_waits(sorted((frames / victim).iterdir())[-1]) as rank_1_waits:
+        job = subprocess.Popen(command("inference_ytvos.py", args, 2), cwd=REPO, env=one_thread_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: rank_1_waits() and all((annotations / video).is_dir() for video in first), job)
+            rank_1 = worker_pid(job.pid, 1)
+            assert rank_1 is not None
+            os.kill(rank_1, signal.SIGKILL)
+            log, _ = job.communicate(timeout=120)
+        finally:
+            if job.poll() is None:
+                job.kill()
+                job.wait()
+    assert job.returncode != 0 and "SIGKILL" in log, log[-3000:]  # torchrun names the killed rank's signal
+    written = tree_bytes(out)
+    assert {name.split("/")[1] for name in written if name.startswith("Annotations/")} == set(first)
+    assert "submission.zip" not in written and all(ytvos_reference[name] == data_ for name, data_ in written.items())
+
+    stale = annotations / f".{victim}.partial-0123abcd"  # what SIGKILL while writing the folder leaves
+    for name in (name for name in ytvos_reference if name.startswith(f"Annotations/{victim}/")):
+        (stale / name.split("/", 2)[2]).parent.mkdir(parents=True, exist_ok=True)
+        (stale / name.split("/", 2)[2]).write_bytes(b"half")
+    resumed = launch("inference_ytvos.py", args, 2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming the same run: keeping {len(first)} video folders" in resumed.stderr
+    assert tree_bytes(out) == ytvos_reference  # every PNG and the zip, byte for byte; the leftover gone
+
+
+def test_two_processes_write_the_same_mevis_bytes(tiny_model_dir, tmp_path):
+    """inference_mevis.py --split valid (video folders and the zip) under torchrun equals one process."""
+    data = tmp_path / "mevis"
+    generate_refshapes(data, num_videos=1, num_valid_videos=3, num_frames=6, size=64, seed=0, layout="mevis")
+    common = ["--checkpoint", str(tiny_model_dir), "--data_root", str(data), "--split", "valid", "--device", "cpu"]
+    single = launch("inference_mevis.py", common + ["--output_dir", str(tmp_path / "one")], 1)
+    assert single.returncode == 0, single.stderr[-3000:]
+    reference = tree_bytes(tmp_path / "one")
+    assert "submission.zip" in reference and len(reference) > 10
+    sharded = launch("inference_mevis.py", common + ["--output_dir", str(tmp_path / "two")], 2)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert tree_bytes(tmp_path / "two") == reference
