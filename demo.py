@@ -26,9 +26,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from inference.cli import add_model_arguments, clip_flags_problem, load_predictor
+from inference.writers import mask_png_bytes
 from util.atomic_write import atomic_directory
 from util.cli import exit_on_user_error
-from inference.writers import mask_png_bytes
 from util.errors import UserInputError
 from util.video_io import GifWriter, Mp4Writer, open_video
 from util.visualisation import mask_color, overlay_frame

@@ -48,9 +48,9 @@ from datasets.mevis import mask_dict_path, read_mevis_meta
 from datasets.ytvos import require_ground_truth
 from inference.predictor import Predictor
 from inference.videos import write_video_masks
-from metrics.refcoco import intersection_union, refcoco_scores
 from metrics.a2d import build_coco_ground_truth
 from metrics.protocols import A2D_GROUND_TRUTH, A2D_PREDICTIONS, DEFAULT_SPLITS, PROTOCOLS, score
+from metrics.refcoco import intersection_union, refcoco_scores
 from metrics.tables import refcoco_table, score_table
 from util.amp import autocast
 from util.atomic_write import atomic_write

@@ -41,14 +41,14 @@ from torch.utils.data import DataLoader
 from datasets import build_dataset
 from engine import train_one_epoch
 from models import build_model
+from util.amp import AMP_DTYPES
 from util.atomic_write import atomic_write
 from util.checkpoint import (CheckpointError, InitReport, build_checkpoint, capture_rng_state, epoch_checkpoint_name,
                              init_model_weights, load_checkpoint, load_model_weights, read_init_weights,
                              restore_rng_state, save_checkpoint, step_checkpoint_name)
+from util.cli import add_device_argument, exit_on_user_error, resolve_device
 from util.config import (ConfigError, apply_overrides, differing_keys, get_key, load_config, save_config,
                          upgrade_saved_config)
-from util.cli import add_device_argument, exit_on_user_error, resolve_device
-from util.amp import AMP_DTYPES
 from util.distributed import (all_gather_objects, any_rank_max, cleanup, epoch_order, init_distributed,
                               is_main_process, rank_device)
 from util.errors import UserInputError

@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 
 
-from testing.davis_reference_loop import evaluate_loop
 from benchmarks.timing import timed
 from metrics.davis import evaluate_davis_unsupervised, match_video, summarize
+from testing.davis_reference_loop import evaluate_loop
 
 GLOBAL_KEYS = ("J", "F", "JF", "J_recall", "J_decay", "F_recall", "F_decay")
 

@@ -28,8 +28,8 @@ from benchmarks.fps_protocol import protocol_fps
 from benchmarks.full_size import build_random_model, model_config
 from datasets import load_frames, read_meta_expressions
 from datasets.refshapes import generate_refshapes
-from models import build_model
 from inference.predictor import Predictor
+from models import build_model
 from models.pretrained import load_pretrained
 from testing.tiny_weights import build_tiny_weights
 from util.config import load_config

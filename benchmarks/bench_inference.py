@@ -40,8 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 from benchmarks.timing import timed
 from datasets.refshapes import generate_refshapes
-from models import build_model
 from inference.predictor import Predictor
+from models import build_model
 from models.pretrained import load_pretrained
 from testing.tiny_weights import build_tiny_weights
 from util.config import load_config

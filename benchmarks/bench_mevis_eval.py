@@ -24,9 +24,9 @@ import numpy as np
 
 
 from benchmarks.timing import timed
+from metrics.mevis import score_mevis
 from testing.mevis_reference_loop import evaluate_mevis_loop
 from testing.mevis_tree import object_masks, perturbed, write_predictions, write_split
-from metrics.mevis import score_mevis
 
 
 def synthetic_split(rng: np.random.Generator, root: Path, pred_dir: Path, args: argparse.Namespace) -> None:

@@ -17,8 +17,8 @@ import torch
 
 
 from models.ops import ms_deform_attn, ms_deform_attn_grid_sample, ms_deform_attn_pytorch
-from models.ops.ms_deform_attn_function import BACKEND_ENV, selected_backend
 from models.ops.kernels import cpu_kernel, cuda_kernel, triton_module, triton_works_on
+from models.ops.ms_deform_attn_function import BACKEND_ENV, selected_backend
 
 LEVELS = [(45, 80), (23, 40), (12, 20), (6, 10)]
 FRAMES, HEADS, CHANNELS, POINTS = 5, 8, 32, 4

@@ -58,15 +58,15 @@ from benchmarks.probe_labels import (OBJECT_ATTRIBUTES, SENTENCE_ATTRIBUTES, obj
 from datasets.errors import DatasetFormatError
 from datasets.ytvos import (absent_object_error, exp_id_order, frame_size, load_frames, load_image,
                             read_meta_expressions)
+from inference.predictor import Predictor, check_sentences
+from metrics.jf import jaccard
 from models import build_model
 from models.hcd import best_query
-from inference.predictor import Predictor, check_sentences
 from models.pretrained import load_pretrained
 from util.checkpoint import load_checkpoint
 from util.cli import exit_on_user_error
 from util.config import load_config
 from util.cpu_threads import ThreadGovernor
-from metrics.jf import jaccard
 from util.nested_tensor import nested_tensor_from_videos
 
 CONFIG = REPO / "configs" / "refshapes_tiny.yaml"

@@ -35,9 +35,9 @@ from torch.nn import functional as F
 
 from datasets.transforms_video import make_test_transforms
 from datasets.ytvos import normalize_caption
+from inference.clips import check_clip
 from models import build_model
 from models.pretrained import load_pretrained
-from inference.clips import check_clip
 from util.amp import INFERENCE_AMP, autocast, check_amp
 from util.atomic_write import write_folder
 from util.checkpoint import load_checkpoint, load_model_weights, trainable_state_dict

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from util.mask_rle import mask_to_rle
 from inference.writers import mask_png_bytes
+from util.mask_rle import mask_to_rle
 
 
 def frame_names(num_frames: int) -> list[str]:

@@ -24,12 +24,12 @@ from datasets import load_frames, read_meta_expressions
 from datasets.transforms_video import make_test_transforms
 from datasets.ytvos import load_object_masks, normalize_caption
 from evaluate import PREDICTION_DIR, annotated_frame_predictions, run_evaluation
+from inference.writers import check_tree, expected_masks
 from metrics.a2d import top1_predictions
 from models import build_model
 from models.pretrained import load_pretrained
 from util.config import load_config
 from util.mask_rle import rle_to_mask
-from inference.writers import check_tree, expected_masks
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "refshapes_tiny.yaml"

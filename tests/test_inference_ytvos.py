@@ -14,8 +14,8 @@ from PIL import Image
 import inference_ytvos
 from datasets import load_frames
 from inference.predictor import Predictor
-from util.config import load_config, save_config
 from inference.writers import mask_png_bytes
+from util.config import load_config, save_config
 
 
 

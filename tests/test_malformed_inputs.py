@@ -18,8 +18,8 @@ import inference_ytvos
 import main
 from datasets import build_dataset
 from datasets.errors import DatasetFormatError
-from models import build_model
 from inference.predictor import Predictor
+from models import build_model
 from models.pretrained import load_pretrained
 from tests import train_standins
 from util.checkpoint import CheckpointError, build_checkpoint, save_checkpoint, trainable_state_dict

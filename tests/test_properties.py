@@ -9,8 +9,8 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 
 from datasets.transforms_video import RandomHorizontalFlip
-from util.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, masks_to_boxes
 from metrics.jf import boundary_f, jaccard
+from util.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, masks_to_boxes
 from util.mask_rle import mask_to_rle, rle_to_mask
 
 FEW = settings(max_examples=40, deadline=None)

@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models import build_model
 from inference.clips import clip_windows
 from inference.predictor import Predictor
+from models import build_model
 from models.pretrained import load_pretrained
 from util.checkpoint import CHECKPOINT_KEYS, trainable_state_dict
 from util.config import load_config

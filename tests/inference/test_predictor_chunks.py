@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import build_model
 from inference.predictor import Predictor
+from models import build_model
 from models.pretrained import load_pretrained
 from tests.inference.test_predictor import SENTENCES, tiny_config
 from util.nested_tensor import NestedTensor

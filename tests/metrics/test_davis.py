@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from testing.davis_reference_loop import evaluate_loop, evaluate_video_loop
 from metrics.davis import evaluate_davis_unsupervised, match_video, summarize
+from testing.davis_reference_loop import evaluate_loop, evaluate_video_loop
 
 T, H, W = 4, 12, 16
 

@@ -3,9 +3,9 @@ the release tag, bad predictions, and agreement with a loop of the official eval
 import numpy as np
 import pytest
 
+from metrics.mevis import score_mevis
 from testing.mevis_reference_loop import evaluate_mevis_loop
 from testing.mevis_tree import object_masks, perturbed, scattered_masks, write_predictions, write_split
-from metrics.mevis import score_mevis
 
 H, W = 40, 60  # tolerance ceil(0.008 * 72.1) = 1 px
 
