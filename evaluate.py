@@ -131,8 +131,8 @@ def evaluate_refcoco(model, cfg: dict, amp: str = "none") -> dict:
         raise UserInputError("the RefCOCO evaluation runs in fp32 or bf16: pass --amp none or --amp bf16")
     predictor = Predictor(model, cfg, next(model.parameters()).device, amp)
     results = {}
-    for name in cfg["data"]["refcoco_sets"] or SETS:
-        dataset = RefCOCOImages(cfg["data_root"], name, "val")  # every set is checked before any inference
+    sets = {name: RefCOCOImages(cfg["data_root"], name, "val") for name in cfg["data"]["refcoco_sets"] or SETS}
+    for name, dataset in sets.items():  # every set's json and images were checked before any inference
         counts = []
         for index in tqdm(range(get_rank(), len(dataset), get_world_size()), desc=f"eval {name}", unit="image",
                           disable=not is_main_process()):

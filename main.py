@@ -49,8 +49,8 @@ from util.checkpoint import (CheckpointError, InitReport, build_checkpoint, capt
 from util.cli import add_device_argument, exit_on_user_error, resolve_device
 from util.config import (ConfigError, apply_overrides, differing_keys, get_key, load_config, save_config,
                          upgrade_saved_config)
-from util.distributed import (all_gather_objects, any_rank_max, cleanup, epoch_order, init_distributed,
-                              is_main_process, rank_device)
+from util.distributed import (INFERENCE_TIMEOUT, all_gather_objects, any_rank_max, cleanup, epoch_order,
+                              init_distributed, is_main_process, rank_device)
 from util.errors import UserInputError
 from util.graceful_stop import GracefulStop
 from util.nested_tensor import collate_clips
@@ -325,13 +325,18 @@ def evaluate(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> in
     # Imported here so that training does not depend on the evaluation code and its extra packages.
     from evaluate import run_evaluation
 
-    _, _, local_rank = init_distributed(args.device)
+    # The ranks meet only after segmenting their shares, which can take hours (as in inference).
+    _, _, local_rank = init_distributed(args.device, INFERENCE_TIMEOUT)
     try:
         seed_everything(cfg["seed"])
         model, _ = build_model(cfg)
         if checkpoint is not None:
             load_model_weights(model, checkpoint["model"])
-        init_from(model, args)
+        report = init_from(model, args)
+        if report is not None and (report.missing or report.skipped):  # scores of a partly random model
+            raise CheckpointError(f"--eval --init_from {args.init_from}: {len(report.missing) + len(report.skipped)} "
+                                  f"trainable tensors would stay random ({(report.missing + report.skipped)[:5]}...); "
+                                  f"evaluate weights that cover the whole model")
         model.to(rank_device(args.device, local_rank))
         model.eval()
         run_evaluation(model, cfg, args)

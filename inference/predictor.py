@@ -40,13 +40,12 @@ from models import build_model
 from models.pretrained import load_pretrained
 from util.amp import INFERENCE_AMP, autocast, check_amp
 from util.atomic_write import write_folder
-from util.checkpoint import load_checkpoint, load_model_weights, trainable_state_dict
+from util.checkpoint import PRETRAINED_WEIGHTS_FILE, load_checkpoint, load_model_weights, trainable_state_dict
 from util.config import load_config, upgrade_saved_config
 from util.errors import UserInputError
 from util.nested_tensor import nested_tensor_from_videos
 
 CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "model.safetensors"
 
 
 def as_pil_frames(frames) -> list[Image.Image]:
@@ -152,11 +151,11 @@ class Predictor:
         """
         path = Path(path)
         if path.is_dir():
-            for name in (CONFIG_FILE, WEIGHTS_FILE):
+            for name in (CONFIG_FILE, PRETRAINED_WEIGHTS_FILE):
                 if not (path / name).is_file():
                     raise FileNotFoundError(f"{path / name} is missing: {path} must be a folder written by "
-                                            f"Predictor.save_pretrained ({CONFIG_FILE} + {WEIGHTS_FILE})")
-            stored_cfg, state = load_config(path / CONFIG_FILE), load_file(path / WEIGHTS_FILE)
+                                            f"Predictor.save_pretrained ({CONFIG_FILE} + {PRETRAINED_WEIGHTS_FILE})")
+            stored_cfg, state = load_config(path / CONFIG_FILE), load_file(path / PRETRAINED_WEIGHTS_FILE)
         else:
             checkpoint = load_checkpoint(path)
             stored_cfg, state = checkpoint["config"], checkpoint["model"]
@@ -172,7 +171,7 @@ class Predictor:
         folder = Path(folder)
         write_folder(folder, {
             CONFIG_FILE: yaml.safe_dump(self.cfg, sort_keys=False).encode(),
-            WEIGHTS_FILE: save(trainable_state_dict(self.model)),
+            PRETRAINED_WEIGHTS_FILE: save(trainable_state_dict(self.model)),
         })
         return folder
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from util.atomic_write import atomic_write
+from util.checkpoint import PRETRAINED_WEIGHTS_FILE
 from util.distributed import all_gather_objects, barrier, get_rank, get_world_size
 
 RUN_RECORD = "run.json"
@@ -106,7 +107,7 @@ def run_record(**fields) -> dict:
     checkpoint = record.get("checkpoint")
     if checkpoint is not None:
         path = Path(checkpoint).resolve()
-        target = path / "model.safetensors" if path.is_dir() else path
+        target = path / PRETRAINED_WEIGHTS_FILE if path.is_dir() else path
         stat = os.stat(target) if target.exists() else None
         record["checkpoint"] = {"path": str(path), "size": stat.st_size if stat else None,
                                 "mtime_ns": stat.st_mtime_ns if stat else None}
@@ -125,6 +126,14 @@ def write_run_record(output_dir: Path, record: dict) -> None:
     atomic_write(Path(output_dir) / RUN_RECORD, lambda f: f.write((json.dumps(record, indent=2) + "\n").encode()))
 
 
+def vouches_for_outputs(previous: dict | None, record: dict, world_size: int, skip_existing: bool) -> bool:
+    """Whether ``run.json`` may hold ``record`` once this run is over, i.e. whether every video folder will then
+    come from ``record``: under torchrun when every video is redone or the kept ones came from ``record`` too.
+    Never for a single process (it writes no record, and one left by an earlier torchrun job no longer describes
+    the folders it rewrites), nor when ``--skip_existing`` keeps folders of another run."""
+    return world_size > 1 and (not skip_existing or previous == record)
+
+
 def sharded_run(videos: dict, process: Callable[[str, dict], None], is_done: Callable[[str, dict], bool],
                 output_dir: Path, record: dict, skip_existing: bool, where: Path | None = None) -> bool:
     """Run ``process`` over this rank's share of ``videos`` (``shard``) in a process group that is already set up
@@ -135,10 +144,14 @@ def sharded_run(videos: dict, process: Callable[[str, dict], None], is_done: Cal
     default when ``output_dir/run.json`` shows the same ``record`` (the same command again: a resumed job).
     """
     rank, world_size = get_rank(), get_world_size()
-    resume = skip_existing or (world_size > 1 and read_run_record(output_dir) == record)
+    previous = read_run_record(output_dir)
+    resume = skip_existing or (world_size > 1 and previous == record)
     barrier()  # every rank has read the old record before rank 0 replaces it
-    if rank == 0 and world_size > 1:  # a single process writes what it always wrote
-        write_run_record(output_dir, record)
+    if rank == 0:
+        if vouches_for_outputs(previous, record, world_size, skip_existing):
+            write_run_record(output_dir, record)
+        else:  # the outputs will not all come from ``record``: no record may vouch for them
+            (Path(output_dir) / RUN_RECORD).unlink(missing_ok=True)
     mine = shard(videos, rank, world_size)
     todo = missing_videos(mine, is_done) if resume else mine
     kept = all_gather_objects(len(mine) - len(todo))

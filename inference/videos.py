@@ -71,5 +71,5 @@ def write_video_masks_sharded(predictor, data_root: Path, split: str, videos: di
     ``expected`` (``inference.writers.expected_masks``). True on rank 0 once every rank's videos are on disk."""
     files = video_files(expected)
     segment = partial(write_video, predictor, data_root, split, out=out, clip_len=clip_len, threshold=threshold)
-    return sharded_run(videos, segment, lambda video, _: folder_holds(out / video, files[video]), output_dir, record,
+    return sharded_run(videos, segment, lambda video, _: folder_holds(out / video, files.get(video, set())), output_dir, record,
                        skip_existing, out)

@@ -108,11 +108,12 @@ def a2d_metrics(predictions: list[dict], ground_truth: dict) -> dict:
         ``{"mAP", "AP50", "AP75", "overall_iou", "mean_iou", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9"}``.
     """
     if not predictions:
-        raise ValueError("a2d_metrics needs at least one prediction")
+        raise UserInputError("a2d_metrics needs at least one prediction")
     known = {image["id"] for image in ground_truth["images"]}
     unknown = {p["image_id"] for p in predictions} - known
     if unknown:
-        raise UserInputError(f"predictions for image ids that are not in the ground truth: {sorted(map(str, unknown))[:5]}")
+        raise UserInputError(f"predictions for image ids that are not in the ground truth: "
+                             f"{sorted(map(str, unknown))[:5]}")
     m_ap, ap50, ap75 = _coco_map(predictions, ground_truth)
     ious, inters, unions = _top_iou(predictions, ground_truth)
     out = {"mAP": m_ap, "AP50": ap50, "AP75": ap75,

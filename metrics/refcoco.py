@@ -3,7 +3,7 @@
 - **oIoU** (overall IoU): the sum over samples of the intersections divided by the sum of the unions, so large
   objects weigh more (the number LAVT, ReferFormer and VD-IT report as "oIoU" / "overall IoU");
 - **mIoU**: the mean of the per-sample IoUs (a sample whose prediction and ground truth are both empty counts 1);
-- **P@X**: the share of samples with IoU above X, X in 0.5 ... 0.9.
+- **P@X**: the share of samples with IoU at least X, X in 0.5 ... 0.9 (LAVT's ``iou >= X``).
 
 Each sample is one (image, sentence) of a val json; the prediction is the mask of the query slot with the best score
 (``models.hcd.best_query``, what ``inference.predictor.Predictor`` refines), thresholded at
@@ -12,6 +12,8 @@ the pure part; ``evaluate.evaluate_refcoco`` runs a model over the val sets (``m
 ``refcoco``) and ``metrics.tables.refcoco_table`` prints them.
 """
 import numpy as np
+
+from util.errors import UserInputError
 
 PRECISION_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -27,7 +29,7 @@ def intersection_union(prediction: np.ndarray, ground_truth: np.ndarray) -> tupl
 def refcoco_scores(counts: list[tuple[int, int]]) -> dict:
     """``{"oIoU", "mIoU", "P@0.5", ..., "P@0.9", "samples"}`` of per-sample ``(intersection, union)`` counts."""
     if not counts:
-        raise ValueError("no samples to score")
+        raise UserInputError("no samples to score")
     intersections = np.array([i for i, _ in counts], dtype=np.float64)
     unions = np.array([u for _, u in counts], dtype=np.float64)
     if (intersections > unions).any() or (intersections < 0).any():
@@ -35,6 +37,6 @@ def refcoco_scores(counts: list[tuple[int, int]]) -> dict:
     ious = np.where(unions > 0, intersections / np.maximum(unions, 1), 1.0)
     scores = {"oIoU": float(intersections.sum() / unions.sum()) if unions.sum() else 1.0,
               "mIoU": float(ious.mean())}
-    scores.update({f"P@{x}": float((ious > x).mean()) for x in PRECISION_THRESHOLDS})
+    scores.update({f"P@{x}": float((ious >= x).mean()) for x in PRECISION_THRESHOLDS})
     scores["samples"] = len(counts)
     return scores

@@ -1,5 +1,6 @@
 """Every result table the entry points print before their JSON line: aligned text, one function per layout."""
-REFCOCO_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)  # metrics.refcoco.PRECISION_THRESHOLDS
+from metrics.refcoco import PRECISION_THRESHOLDS as REFCOCO_THRESHOLDS
+
 A2D_TITLES = {"a2d": "A2D-Sentences test", "jhmdb": "JHMDB-Sentences"}
 
 

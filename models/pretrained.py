@@ -23,6 +23,8 @@ from transformers import (AutoTokenizer, CLIPConfig, CLIPTextConfig, CLIPTextMod
                           CLIPVisionConfig, CLIPVisionModelWithProjection, PreTrainedTokenizerBase, RobertaConfig,
                           RobertaModel)
 
+from util.errors import UserInputError
+
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "pretrained"
 
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -125,19 +127,19 @@ def download_command(repo: str, weights_dir: Path) -> str:
 
 
 def read_json(path: Path) -> dict:
-    """Parse a json object file, raising a ValueError that names the file when it is not valid json."""
+    """Parse a json object file, raising a UserInputError that names the file when it is not valid json."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid json ({error}); the download may be incomplete: delete the file "
-                         f"and download it again.") from error
+        raise UserInputError(f"{path} is not valid json ({error}); the download may be incomplete: delete the file "
+                             f"and download it again.") from error
     if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a json object, found {type(value).__name__}; download it again.")
+        raise UserInputError(f"{path} must hold a json object, found {type(value).__name__}; download it again.")
     return value
 
 
 def check_weights_dir(weights_dir) -> None:
-    """Raise MissingWeightsError listing every missing file, or ValueError for the first malformed json file."""
+    """Raise MissingWeightsError listing every missing file, or UserInputError for the first malformed json file."""
     weights_dir = Path(weights_dir)
     missing, lines, repos, present_json = [], [], [], []
     for requirement in REQUIREMENTS:
@@ -197,8 +199,8 @@ def read_component_configs(config_dir=DEFAULT_CONFIG_DIR) -> dict[str, dict]:
                                     f"and roberta/ config.json files (see configs/pretrained).")
         configs[name] = read_json(path)
     if not isinstance(configs["clip"].get("vision_config"), dict):
-        raise ValueError(f"{config_dir / 'clip' / 'config.json'} must be a CLIPModel config with a 'vision_config' "
-                         f"object (the config.json of {CLIP_REPO}).")
+        raise UserInputError(f"{config_dir / 'clip' / 'config.json'} must be a CLIPModel config with a 'vision_config' "
+                             f"object (the config.json of {CLIP_REPO}).")
     return configs
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from models.position_encoding import PositionEmbeddingSine1D
+from util.errors import UserInputError
 
 
 class FeatureResizer(nn.Module):
@@ -48,8 +49,8 @@ class TextEncoder(nn.Module):
         # RoBERTa's positions start after the padding index, so the table holds max_position_embeddings - pad - 1.
         longest = roberta.config.max_position_embeddings - roberta.config.pad_token_id - 1
         if not 3 <= max_length <= longest:
-            raise ValueError(f"model.text.max_length={max_length} must be between 3 (<s>, a word, </s>) and "
-                             f"{longest}, the longest input this RoBERTa's position table allows.")
+            raise UserInputError(f"model.text.max_length={max_length} must be between 3 (<s>, a word, </s>) and "
+                                 f"{longest}, the longest input this RoBERTa's position table allows.")
         self.roberta = roberta.requires_grad_(False).eval()
         self.tokenizer = tokenizer
         self.max_length = max_length

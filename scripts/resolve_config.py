@@ -18,7 +18,6 @@ from pathlib import Path
 
 import yaml
 
-
 from util.config import FLAG_TO_KEY, apply_overrides, load_config, parse_assignment, upgrade_saved_config
 
 

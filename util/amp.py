@@ -3,6 +3,7 @@
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+
 from util.errors import UserInputError
 
 # "none": full precision; "bf16": autocast to bfloat16; "fp16": autocast to float16 (training adds a GradScaler).
@@ -12,7 +13,7 @@ INFERENCE_AMP = ("none", "bf16")
 
 
 def check_amp(amp: str, allowed=tuple(AMP_DTYPES)) -> str:
-    """``amp`` unchanged; ValueError unless it is one of ``allowed``."""
+    """``amp`` unchanged; UserInputError unless it is one of ``allowed``."""
     if amp not in allowed:
         raise UserInputError(f"amp must be one of {sorted(allowed)}, got {amp!r}")
     return amp

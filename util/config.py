@@ -12,7 +12,6 @@ any other existing key, the value parsed as YAML (``--set train.lr_drop=[3,5]``)
 result again. The resolved config is saved as ``config.yaml`` beside the checkpoints.
 """
 import copy
-import re
 from pathlib import Path
 
 import yaml
@@ -36,9 +35,6 @@ FLAG_TO_KEY = {
 }
 BASE_KEY = "_base_"  # the list of files a YAML config starts from
 
-_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
 def load_config(path: str | Path) -> dict:
     """The resolved config of the YAML file ``path``: its ``_base_`` files merged, then checked and completed
     (``util.config_schema.validate``)."""
@@ -46,12 +42,17 @@ def load_config(path: str | Path) -> dict:
     return validate(raw, f"config file {path}", origins)
 
 
-def read_yaml(path: Path) -> dict:
-    """The mapping stored in the YAML file ``path``."""
+def read_yaml(path: Path, included_by: Path | None = None) -> dict:
+    """The mapping stored in the YAML file ``path`` (``included_by``: the config whose ``_base_`` lists it)."""
     if not path.is_file():
+        if included_by is not None:
+            raise FileNotFoundError(f"config file {path}, listed in {BASE_KEY} of {included_by}, does not exist")
         raise FileNotFoundError(f"config file {path} does not exist; pick one of configs/*.yaml")
-    with path.open() as f:
-        cfg = yaml.safe_load(f)
+    try:
+        with path.open() as f:
+            cfg = yaml.safe_load(f)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
     if not isinstance(cfg, dict):
         raise ConfigError(f"config file {path} must hold a YAML mapping at the top level, got {type(cfg).__name__}")
     return cfg
@@ -64,7 +65,7 @@ def compose(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict, dict[str, 
     """
     if path.resolve() in _chain:
         raise ConfigError(f"config file {path}: its {BASE_KEY} files include it again ({' -> '.join(map(str, _chain))})")
-    own = read_yaml(path)
+    own = read_yaml(path, _chain[-1] if _chain else None)
     bases = own.pop(BASE_KEY, [])
     if isinstance(bases, str):
         bases = [bases]
@@ -150,9 +151,7 @@ def parse_assignment(text: str) -> tuple[str, object]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as error:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({error})") from error
-    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
-        value = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
-    return key.strip(), value
+    return key.strip(), value  # a float key takes YAML 1.1's dot-less "1e-3" string (util.config_schema)
 
 
 def apply_overrides(cfg: dict, args) -> dict:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from util.errors import UserInputError
 from util.imagenet import IMAGENET_MEAN, IMAGENET_STD  # the normalisation the frames arrive in
 
 # Both the OpenAI CLIP and the laion CLIP-H preprocessors use these constants.
@@ -60,7 +61,7 @@ class FrozenEncoders(nn.Module):
         super().__init__()
         expected_size = clip_vision.config.image_size
         if clip_image_size != expected_size:
-            raise ValueError(
+            raise UserInputError(
                 f"model.backbone.clip_image_size is {clip_image_size} but the CLIP vision model was trained at "
                 f"{expected_size}×{expected_size}; set clip_image_size: {expected_size} in the config.")
         self.vae = vae

@@ -2,6 +2,8 @@
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+from util.errors import UserInputError
+
 LORA_TARGETS = ("to_q", "to_v")
 
 
@@ -22,7 +24,7 @@ def add_unet_lora(unet: nn.Module, rank: int, alpha: float, dropout: float,
     pretrained one does until it trains. ``rank == 0`` leaves the UNet fully frozen.
     """
     if rank < 0:
-        raise ValueError(f"model.backbone.unet_lora_rank must be >= 0 (0 disables LoRA), got {rank}.")
+        raise UserInputError(f"model.backbone.unet_lora_rank must be >= 0 (0 disables LoRA), got {rank}.")
     unet.requires_grad_(False)
     if rank == 0:
         return

@@ -7,6 +7,8 @@ convs with no norm and no activation (as the paper).
 import torch
 from torch import nn
 
+from util.errors import UserInputError
+
 # Indices into the taps f0..f5, finest level first.
 PAIRS = ((0, 5), (1, 4), (2, 3))
 
@@ -36,8 +38,8 @@ class PairProjection(nn.Module):
     def __init__(self, tap_channels: list[int], out_channels: list[int]):
         super().__init__()
         if len(out_channels) != len(PAIRS):
-            raise ValueError(f"model.backbone.out_channels needs {len(PAIRS)} values (strides 8, 16, 32), "
-                             f"got {list(out_channels)}.")
+            raise UserInputError(f"model.backbone.out_channels needs {len(PAIRS)} values (strides 8, 16, 32), "
+                                 f"got {list(out_channels)}.")
         self.in_channels = pair_channels(tap_channels)
         self.projections = nn.ModuleList(
             nn.Sequential(nn.Conv2d(cin, mid, kernel_size=1), nn.Conv2d(mid, cout, kernel_size=1))

@@ -6,6 +6,8 @@ from diffusers.models.resnet import TemporalConvLayer
 from einops import rearrange
 from torch import nn
 
+from util.errors import UserInputError
+
 
 def _groups(channels: int) -> int:
     """GroupNorm(32) as in the paper, fewer groups where the width is not a multiple of 32."""
@@ -27,7 +29,7 @@ class TemporalStem(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         if channels % 8 != 0:
-            raise ValueError(f"model.backbone.tcmr_channels must be a multiple of 8, got {channels}.")
+            raise UserInputError(f"model.backbone.tcmr_channels must be a multiple of 8, got {channels}.")
         narrow, mid = channels // 8, channels // 2
         self.stem = nn.Sequential(
             nn.Conv2d(3, narrow, kernel_size=3, stride=2, padding=1),

@@ -15,6 +15,8 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from util.errors import UserInputError
+
 # Parts of the UNet that the taps do not need and that are never run.
 UNUSED_PREFIXES = ("up_blocks.3.", "conv_norm_out", "conv_out")
 
@@ -39,7 +41,7 @@ class UNetFeatureExtractor(nn.Module):
         super().__init__()
         block_out_channels = tuple(unet.config.block_out_channels)
         if len(block_out_channels) != 4 or len(unet.up_blocks) != 4:
-            raise ValueError(
+            raise UserInputError(
                 "The UNet must have the ModelScope layout (4 down and 4 up blocks) for the six HCD taps; got "
                 f"block_out_channels={list(block_out_channels)}. Check weight/unet/config.json.")
         self.unet = unet

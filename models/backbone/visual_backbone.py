@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from util.errors import UserInputError
+
 from .frame_condition import FrameCondition
 from .frozen_encoders import FrozenEncoders, imagenet_to_unit
 from .lora import add_unet_lora
@@ -95,7 +97,7 @@ class VisualBackbone(nn.Module):
         super().__init__()
         condition_dim = unet.config.cross_attention_dim
         if clip_text.config.hidden_size != condition_dim:
-            raise ValueError(
+            raise UserInputError(
                 f"The CLIP text encoder's width ({clip_text.config.hidden_size}) differs from the UNet's "
                 f"cross_attention_dim ({condition_dim}); weight/text_encoder and weight/unet do not belong together.")
         self.frozen = FrozenEncoders(vae, clip_vision, clip_text, clip_tokenizer, clip_image_size,
@@ -195,7 +197,7 @@ def build_backbone(cfg: Mapping, components) -> VisualBackbone:
     options = cfg["model"]["backbone"]
     dtype_name = options["frozen_dtype"]
     if dtype_name not in FROZEN_DTYPES:
-        raise ValueError(f"model.backbone.frozen_dtype must be one of {sorted(FROZEN_DTYPES)}, got {dtype_name!r}.")
+        raise UserInputError(f"model.backbone.frozen_dtype must be one of {sorted(FROZEN_DTYPES)}, got {dtype_name!r}.")
     return VisualBackbone(
         unet=components.unet,
         vae=components.vae,

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from models.ops.ms_deform_attn_function import ms_deform_attn
+from util.errors import UserInputError
 
 
 class MSDeformAttn(nn.Module):
@@ -20,8 +21,8 @@ class MSDeformAttn(nn.Module):
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
         super().__init__()
         if d_model % n_heads != 0:
-            raise ValueError(f"MSDeformAttn: d_model ({d_model}) must be divisible by n_heads ({n_heads}); "
-                             f"pick n_heads among the divisors of d_model.")
+            raise UserInputError(f"MSDeformAttn: d_model ({d_model}) must be divisible by n_heads ({n_heads}); "
+                                 f"pick n_heads among the divisors of d_model.")
         self.d_model = d_model
         self.n_levels = n_levels
         self.n_heads = n_heads

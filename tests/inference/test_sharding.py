@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from datasets.refshapes import generate_refshapes
-from inference.sharding import assign_videos, folder_holds, raise_failures, run_record, run_shard, ShardError
+from inference.sharding import (RUN_RECORD, ShardError, assign_videos, folder_holds, raise_failures, run_record,
+                                run_shard, sharded_run, vouches_for_outputs, write_run_record)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,6 +64,25 @@ def test_a_failure_stops_the_shard_and_names_the_video(tmp_path):
     with pytest.raises(ShardError, match="rank 1, video b"):  # the others say which rank and video failed
         raise_failures([None, message])
     raise_failures([None, None])
+
+
+def test_a_record_vouches_only_for_folders_that_all_come_from_it():
+    a, b = {"checkpoint": "a"}, {"checkpoint": "b"}
+    assert vouches_for_outputs(None, a, world_size=2, skip_existing=False)  # everything redone under torchrun
+    assert vouches_for_outputs(b, a, world_size=2, skip_existing=False)  # another run's record: redone too
+    assert vouches_for_outputs(a, a, world_size=2, skip_existing=True)  # kept folders came from the same run
+    assert not vouches_for_outputs(b, a, world_size=2, skip_existing=True)  # kept folders of another run
+    assert not vouches_for_outputs(a, a, world_size=1, skip_existing=False)  # a single process keeps no record
+
+
+def test_a_single_process_removes_a_torchrun_record_it_no_longer_matches(tmp_path):
+    """torchrun with model A, then one process with model B into the same folder, then torchrun A again: the last
+    run must not keep B's masks as A's, so the single process removes A's record."""
+    write_run_record(tmp_path, {"checkpoint": "a"})
+    written = []
+    assert sharded_run({"v1": {"frames": ["0"]}}, lambda video, entry: written.append(video), lambda *_: True,
+                       tmp_path, {"checkpoint": "b"}, skip_existing=False)
+    assert written == ["v1"] and not (tmp_path / RUN_RECORD).exists()
 
 
 def test_run_record_changes_with_the_checkpoint_file(tmp_path):

@@ -25,6 +25,9 @@ def test_hand_computed_scores():
     assert scores["mIoU"] == pytest.approx((2 / 3 + 1 / 3 + 0) / 3)
     assert scores["P@0.5"] == pytest.approx(1 / 3) and scores["P@0.6"] == pytest.approx(1 / 3)
     assert scores["P@0.7"] == 0.0 and scores["samples"] == 3
+    exact = refcoco_scores([(1, 2), (3, 5), (4, 5)])  # IoU exactly 0.5, 0.6 and 0.8: counted at their own X
+    assert (exact["P@0.5"], exact["P@0.6"], exact["P@0.7"], exact["P@0.8"], exact["P@0.9"]) == \
+        pytest.approx((1.0, 2 / 3, 1 / 3, 1 / 3, 0.0))
 
 
 def test_o_iou_weighs_large_objects_and_empty_pairs_count_one():

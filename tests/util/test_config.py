@@ -67,6 +67,8 @@ def test_set_parses_values_as_yaml_and_wins_over_flags(cfg):
     assert resolved["model"]["vl_fusion"] is True
     assert resolved["train"]["lr"] == pytest.approx(1e-3)
     assert resolved["dataset"] == "refshapes"
+    # a string key keeps a value that merely looks like a number; only float keys read "1e5" as one
+    assert apply_overrides(cfg, flags(set=["data_root=1e5"]))["data_root"] == "1e5"
 
 
 @pytest.mark.parametrize("assignment, message", [
@@ -194,6 +196,15 @@ def test_an_unknown_key_is_an_error_naming_the_key_and_its_file(tmp_path):
     write(tmp_path / "base.yaml", "train:\n  lr_dorp: [1]\n")
     with pytest.raises(ConfigError, match=r"unknown key 'train\.lr_dorp' \(set in .*base\.yaml\)"):
         load_config(write(tmp_path / "child.yaml", "_base_: [typo.yaml, base.yaml]\nmodel:\n  hidden_dim: 8\n"))
+
+
+def test_broken_yaml_and_a_missing_base_name_the_files(tmp_path):
+    broken = write(tmp_path / "broken.yaml", "train:\n  lr: [1e-4\n")
+    with pytest.raises(ConfigError, match=rf"config file {broken} is not valid YAML"):
+        load_config(broken)
+    child = write(tmp_path / "child.yaml", "_base_: [gone.yaml]\n")
+    with pytest.raises(FileNotFoundError, match=rf"{tmp_path / 'gone.yaml'}, listed in _base_ of {child}, does not"):
+        load_config(child)
 
 
 def test_a_missing_key_without_default_is_an_error_naming_it_and_the_file(tmp_path):

@@ -150,11 +150,26 @@ def test_main_refuses_init_from_with_resume(tmp_path, trained_run, capsys):
     assert "--init_from starts a new run" in capsys.readouterr().err
 
 
+def test_main_eval_refuses_init_from_weights_that_leave_parameters_random(tmp_path, trained_run, monkeypatch):
+    config, source = trained_run
+
+    def with_extra_head(cfg):
+        model, criterion = train_standins.build_model(cfg)
+        model.extra = nn.Linear(8, 1)  # not in the checkpoint: it would be scored untrained
+        return model, criterion
+
+    monkeypatch.setattr(main, "build_model", with_extra_head)
+    with pytest.raises(CheckpointError, match=r"2 trainable tensors would stay random \(\['extra.bias', 'extra.w"):
+        main.main(["--eval", "--config", str(config), "--output_dir", str(tmp_path / "e"),
+                   "--init_from", str(source)])
+
+
 def test_main_refuses_a_missing_init_from_before_reading_data(tmp_path, trained_run, capsys, monkeypatch):
     config, _ = trained_run
     monkeypatch.setattr(main, "build_dataset", lambda *args: pytest.fail("the dataset was read"))
     with pytest.raises(SystemExit) as exit_info:
-        main.main(["--config", str(config), "--output_dir", str(tmp_path / "e"), "--init_from", str(tmp_path / "no.pth")])
+        main.main(["--config", str(config), "--output_dir", str(tmp_path / "e"),
+                   "--init_from", str(tmp_path / "no.pth")])
     assert exit_info.value.code == 2
     assert f"--init_from {tmp_path / 'no.pth'} does not exist" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
