@@ -25,9 +25,9 @@
 - **RefCOCO / RefCOCO+ / RefCOCOg** (``refcoco``): the val json of every set of ``data.refcoco_sets``, image by
   image with the top query's mask at the original size: oIoU, mIoU and P@0.5..0.9 per set (``metrics.refcoco``).
 
-Under ``torchrun`` every rank evaluates its shard (every world_size-th sample or video) and rank 0 computes the
-metrics. Rank 0 prints a table and, as the last line, the metrics as one JSON object, which it also writes to
-``<output_dir>/eval_<dataset>.json``.
+Under ``torchrun`` every rank evaluates its shard (every world_size-th sample; videos balanced by frame count,
+``inference.sharding.shard``) and rank 0 computes the metrics. Rank 0 prints a table and, as the last line, the
+metrics as one JSON object, which it also writes to ``<output_dir>/eval_<dataset>.json``.
 
 As a command, ``python evaluate.py --protocol ytvos|davis|mevis|a2d|jhmdb --pred_dir ... --gt_root ...`` is the one
 scorer of prediction files (``metrics.protocols.score``; ``main`` below), which the inference scripts' ``--score`` /
@@ -47,6 +47,7 @@ from datasets import build_dataset, read_meta_expressions
 from datasets.mevis import mask_dict_path, read_mevis_meta
 from datasets.ytvos import require_ground_truth
 from inference.predictor import Predictor
+from inference.sharding import shard
 from inference.videos import write_video_masks
 from metrics.a2d import build_coco_ground_truth
 from metrics.protocols import A2D_GROUND_TRUTH, A2D_PREDICTIONS, DEFAULT_SPLITS, PROTOCOLS, score
@@ -236,9 +237,8 @@ def evaluate_ytvos(model: torch.nn.Module, cfg: dict, amp: str, pred_dir: Path):
                              "--amp bf16")
     predictor = Predictor(model, cfg, next(model.parameters()).device, amp)
     clip_len = cfg["inference"]["clip_len"] if cfg["dataset"] == "davis" else None  # the paper's passes
-    shard = {video: videos[video] for video in sorted(videos)[get_rank()::get_world_size()]}
-    write_video_masks(predictor, root, "valid", shard, pred_dir / "Annotations", clip_len,
-                      progress=is_main_process())
+    mine = shard(videos, get_rank(), get_world_size())  # balanced by frame count, as in inference
+    write_video_masks(predictor, root, "valid", mine, pred_dir / "Annotations", clip_len, progress=is_main_process())
     barrier()  # every rank's videos are written before rank 0 reads them
     if not is_main_process():
         return None
@@ -258,8 +258,8 @@ def evaluate_mevis(model: torch.nn.Module, cfg: dict, amp: str, pred_dir: Path):
     if amp == "fp16":
         raise UserInputError("the MeViS evaluation runs in fp32 or bf16: pass --amp none or --amp bf16")
     predictor = Predictor(model, cfg, next(model.parameters()).device, amp)
-    shard = {video: videos[video] for video in sorted(videos)[get_rank()::get_world_size()]}
-    write_video_masks(predictor, root, MEVIS_SPLIT, shard, pred_dir, cfg["inference"]["clip_len"],
+    mine = shard(videos, get_rank(), get_world_size())  # balanced by frame count, as in inference
+    write_video_masks(predictor, root, MEVIS_SPLIT, mine, pred_dir, cfg["inference"]["clip_len"],
                       progress=is_main_process())
     barrier()  # every rank's videos are written before rank 0 reads them
     if not is_main_process():
