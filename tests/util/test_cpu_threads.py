@@ -15,11 +15,11 @@ def test_threads_for_leaves_a_core_per_competitor():
 
 
 def test_competing_tasks_counts_other_runnable_threads(monkeypatch):
-    own = os.getpid()
-    states = [(own, "R", 0), (own, "R", 0), (1, "S", 0), (2, "R", 0), (3, "R", 0), (3, "R", 19)]
+    own, nice = os.getpid(), os.nice(0)  # the shield is relative to this process's own nice value
+    states = [(own, "R", nice), (own, "R", nice), (1, "S", nice), (2, "R", nice), (3, "R", nice), (3, "R", nice + 10)]
     monkeypatch.setattr(cpu_threads, "task_states", lambda: states)
     monkeypatch.setattr(cpu_threads, "nice_shields", lambda: True)
-    assert cpu_threads.competing_tasks(samples=2) == 2.0  # own and sleeping threads out; the nice-19 one shielded
+    assert cpu_threads.competing_tasks(samples=2) == 2.0  # own and sleeping threads out; the niced one shielded
     monkeypatch.setattr(cpu_threads, "nice_shields", lambda: False)  # autogroup: nice does not protect us
     assert cpu_threads.competing_tasks(samples=1) == 3.0
 
