@@ -120,10 +120,12 @@ class Predictor:
         self.threshold = cfg["inference"]["threshold"]
 
     @classmethod
-    def from_state(cls, cfg: dict, state: dict[str, torch.Tensor], weights_dir, device="cpu", amp: str = "none"):
+    def from_state(cls, cfg: dict, state: dict[str, torch.Tensor], weights_dir, device="cpu", amp: str = "none",
+                   source: str = "the config saved with the checkpoint"):
         """Build the model of ``cfg`` on the pretrained components of ``weights_dir`` and load ``state`` strictly.
-        A config saved before some keys existed gets them with their old behaviour (``upgrade_saved_config``)."""
-        cfg = upgrade_saved_config(cfg)
+        A config saved before some keys existed gets them with their old behaviour (``upgrade_saved_config``; an
+        error names ``source``)."""
+        cfg = upgrade_saved_config(cfg, source)
         cfg["weights"] = str(weights_dir)
         model, _ = build_model(cfg, load_pretrained(weights_dir))
         load_model_weights(model, state)
@@ -133,7 +135,8 @@ class Predictor:
     def from_checkpoint(cls, checkpoint_path, weights_dir, device="cpu", amp: str = "none") -> "Predictor":
         """Load a training checkpoint of ``main.py`` (config and trainable weights) on ``weights_dir``."""
         checkpoint = load_checkpoint(checkpoint_path)
-        return cls.from_state(checkpoint["config"], checkpoint["model"], weights_dir, device, amp)
+        return cls.from_state(checkpoint["config"], checkpoint["model"], weights_dir, device, amp,
+                              source=f"the config saved in {checkpoint_path}")
 
     @classmethod
     def from_pretrained(cls, folder, weights_dir, device="cpu", amp: str = "none") -> "Predictor":
@@ -159,8 +162,9 @@ class Predictor:
         else:
             checkpoint = load_checkpoint(path)
             stored_cfg, state = checkpoint["config"], checkpoint["model"]
+        source = f"the config saved in {path}" if cfg is None else "the config given instead of the stored one"
         cfg = stored_cfg if cfg is None else cfg
-        return cls.from_state(cfg, state, cfg["weights"] if weights_dir is None else weights_dir, device, amp)
+        return cls.from_state(cfg, state, cfg["weights"] if weights_dir is None else weights_dir, device, amp, source)
 
     def save_pretrained(self, folder) -> Path:
         """Write ``folder/config.yaml`` (resolved config) and ``folder/model.safetensors`` (trainable weights).

@@ -11,9 +11,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_fps_counts_every_timed_expression_and_ends_with_json(capsys, tmp_path):
-    bench_fps.main(["--json", "--videos", "2", "--frames", "3", "--size", "64"])
+    bench_fps.main(["--json", "--videos", "1", "--frames", "3", "--size", "64"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    generate_refshapes(tmp_path, num_videos=1, num_valid_videos=2, num_frames=3, size=64, seed=0)  # the same split
+    generate_refshapes(tmp_path, num_videos=1, num_valid_videos=1, num_frames=3, size=64, seed=0)  # the same split
     expressions = sum(len(entry["expressions"]) for entry in read_meta_expressions(tmp_path, "valid").values())
     assert result["expressions"] == expressions - 1  # the first one is the warm-up
     assert result["frames"] == 3 * result["expressions"]

@@ -14,7 +14,7 @@ from inference.predictor import Predictor
 from models import build_model
 from models.pretrained import load_pretrained
 from util.checkpoint import CHECKPOINT_KEYS, trainable_state_dict
-from util.config import load_config
+from util.config import ConfigError, load_config
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "refshapes_tiny.yaml"
 SENTENCES = ["the red circle", "a blue square moving left", "the small green triangle"]
@@ -169,6 +169,17 @@ def test_from_checkpoint_loads_config_and_trained_weights(predictor, video, tiny
     np.testing.assert_array_equal(Predictor.load(path, tiny_weights).probabilities(video, SENTENCES[:1]),
                                   loaded.probabilities(video, SENTENCES[:1]))
 
+
+
+def test_a_checkpoint_whose_config_does_not_fit_names_the_checkpoint(predictor, tiny_weights, tmp_path):
+    cfg = {**predictor.cfg, "train": {**predictor.cfg["train"], "lr": "fast"}}
+    checkpoint = {name: None for name in CHECKPOINT_KEYS}
+    checkpoint.update(model=trainable_state_dict(predictor.model), config=cfg, epoch=1, step=1, data_position=0)
+    path = tmp_path / "odd.pth"
+    torch.save(checkpoint, path)
+    for load in (Predictor.from_checkpoint, Predictor.load):
+        with pytest.raises(ConfigError, match=rf"(?s)the config saved in {path} does not fit.*'train\.lr' must be"):
+            load(path, tiny_weights)
 
 class ClipProbe:
     """Predictor's windowing over a fake clip pass whose output depends on the frame and its place in the clip."""
