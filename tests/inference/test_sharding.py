@@ -248,6 +248,7 @@ def test_a_rank_killed_by_sigkill_mid_job_is_resumed_by_the_same_command(tiny_mo
     assert tree_bytes(out) == ytvos_reference  # every PNG and the zip, byte for byte; the leftover gone
 
 
+@pytest.mark.slow  # a second entry point through the same sharded_run: 30 s, run by .ci/run (-m slow)
 def test_two_processes_write_the_same_mevis_bytes(tiny_model_dir, tmp_path):
     """inference_mevis.py --split valid (video folders and the zip) under torchrun equals one process."""
     data = tmp_path / "mevis"
