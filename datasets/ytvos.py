@@ -170,6 +170,9 @@ def first_frame_sizes(data_root: str | Path, split: str, videos: dict) -> dict[s
     return sizes
 
 
+PER_FRAME_KEYS = ("masks", "boxes", "valid")  # the target entries with one row per frame
+
+
 def make_target(masks: np.ndarray | None, caption: str, size: tuple[int, int], **info) -> dict:
     """The untransformed target of a clip: bool masks ``[T, H, W]``, xyxy pixel boxes, valid flags (left out when
     ``masks`` is None: a split without ground truth)."""
@@ -221,7 +224,8 @@ class YTVOSClips(EpochSeeded, Dataset):
     (video, anchor), and K expressions of the video (distinct while it has that many, else repeated) on the same
     frames under the same augmentation, so that every step contrasts sentences that see the same pixels
     (``util.nested_tensor.collate_clips`` lays them out as the model's K captions per clip). The clip's frames
-    are sampled for the first of them.
+    are sampled for the first of them; the transforms run once for all K (a random crop keeps at least one of the
+    K objects in view).
     """
 
     def __init__(
@@ -311,20 +315,26 @@ class YTVOSClips(EpochSeeded, Dataset):
         reverse = rng.random() < self.reverse_prob
         if reverse:
             frames, names = frames[::-1], names[::-1]
-        state = rng.getstate()
-        clip, targets = None, []
-        for other in exp_ids:
-            other_masks = masks if other == exp_id else self.target_masks(video, other, indices, size)
-            expression = entry["expressions"][other]
-            target = make_target(
-                other_masks[::-1].copy() if reverse else other_masks, expression["exp"], size,
-                frames=names, video=video, exp_id=other, kind=expression.get("kind", ""),
-            )
-            rng.setstate(state)  # the same augmentation of the same frames for every expression
-            transformed, target = self.transforms(frames, target, rng)
-            clip = transformed if clip is None else clip
-            targets.append(target)
-        return clip, targets
+        per_expression = [masks if other == exp_id else self.target_masks(video, other, indices, size)
+                          for other in exp_ids]
+        expressions = [entry["expressions"][other] for other in exp_ids]
+        # One pass of the transforms for all K expressions: their masks go through as one target's frames
+        # ([K*T, H, W]: the same geometry for all), their captions as its lines (normalised captions hold no newline).
+        merged = make_target(np.concatenate([m[::-1] if reverse else m for m in per_expression]), "", size,
+                             frames=names, video=video)
+        merged["caption"] = "\n".join(normalize_caption(expression["exp"]) for expression in expressions)
+        clip, merged = self.transforms(frames, merged, rng)
+        return clip, split_merged_target(merged, exp_ids, expressions, len(indices))
+
+
+def split_merged_target(merged: dict, exp_ids: list[str], expressions: list[dict], num_frames: int) -> list[dict]:
+    """The K targets of a transformed merged target (see ``YTVOSClips._clip``): each expression's caption line and
+    its ``num_frames`` rows of every per-frame entry, with the entries common to all (size, frames, video)."""
+    captions = merged["caption"].split("\n")
+    per_frame = {key: merged[key].split(num_frames) for key in PER_FRAME_KEYS if key in merged}
+    return [{**merged, "caption": caption, "exp_id": exp_id, "kind": expression.get("kind", ""),
+             **{key: chunks[k] for key, chunks in per_frame.items()}}
+            for k, (exp_id, expression, caption) in enumerate(zip(exp_ids, expressions, captions))]
 
 
 class YTVOSVideos(Dataset):

@@ -4,9 +4,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from models.losses import dice_loss, sigmoid_focal_loss, subsample_stride2
+from models.clip_targets import ClipTargets, stack_targets
+from models.losses import dice_loss, sigmoid_focal_loss
 from models.matcher import SingleTargetMatcher, build_matcher
 from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+
+STAND_IN_BOX = torch.tensor([0.5, 0.5, 1.0, 1.0])  # cxcywh: the whole image, for frames the box losses leave out
 
 # Loss name -> key of cfg["loss"] holding its weight. Mask and dice weights apply at both resolutions.
 LOSS_WEIGHT_KEYS = {
@@ -60,50 +63,53 @@ class SetCriterion(nn.Module):
         outputs: pred_logits [B, T, Q, 1], pred_boxes [B, T, Q, 4] (normalised cxcywh), pred_masks_low
             [B, T, Q, Hp/2, Wp/2] and pred_masks [B, T, Hp, Wp] (logits; the latter of the selected slot only),
             selected_query long [B], and optionally aux_outputs: a list of dicts with the same keys.
-        targets: B dicts with boxes [T, 4] (normalised cxcywh), valid [T], masks [T, Hp, Wp] (padded size).
+        targets: B dicts with boxes [T, 4] (normalised cxcywh), valid [T], masks [T, Hp, Wp] (padded size); stacked
+            once here for every layer.
         """
-        num_boxes = count_valid_frames(targets, outputs["pred_logits"].device)
-        losses = self.layer_losses(outputs, targets, num_boxes)
+        stacked = stack_targets(targets, outputs["pred_logits"].device)
+        num_boxes = count_valid_frames(stacked.valid)
+        losses = self.layer_losses(outputs, stacked, num_boxes)
         if "pred_referring" in outputs:
-            losses.update(self.pixel_referring_losses(outputs["pred_referring"], targets, num_boxes))
+            losses.update(self.pixel_referring_losses(outputs["pred_referring"], stacked.masks, num_boxes))
         for i, aux_outputs in enumerate(outputs.get("aux_outputs", [])):
-            aux_losses = self.layer_losses(aux_outputs, targets, num_boxes)
+            aux_losses = self.layer_losses(aux_outputs, stacked, num_boxes)
             losses.update({f"{name}_{i}": value for name, value in aux_losses.items()})
         return losses
 
-    def layer_losses(self, outputs: dict, targets: list[dict], num_boxes: float) -> dict[str, torch.Tensor]:
-        """The seven losses of one decoder layer's outputs."""
+    def layer_losses(self, outputs: dict, targets: ClipTargets,
+                     num_boxes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The seven losses of one decoder layer's outputs, all clips and frames at once."""
         logits = outputs["pred_logits"].float()  # [B, T, Q, 1]
         selected = outputs["selected_query"]  # [B]
-        device = logits.device
-        batch = torch.arange(logits.shape[0], device=device)
-        valid = torch.stack([target["valid"] for target in targets]).bool().to(device)  # [B, T]
+        batch = torch.arange(logits.shape[0], device=logits.device)
+        valid = targets.valid  # [B, T]
 
         is_target = F.one_hot(selected, logits.shape[2]).bool()[:, None, :] & valid[:, :, None]  # [B, T, Q]
         loss_ce = sigmoid_focal_loss(logits, is_target[..., None], self.focal_alpha, self.focal_gamma).sum()
 
         box_frames = torch.ones_like(valid) if self.box_loss_on_invalid_frames else valid
-        boxes = outputs["pred_boxes"].float()[batch, :, selected][box_frames]  # [V, 4]
-        target_boxes = torch.stack([target["boxes"] for target in targets]).float().to(device)
-        target_boxes = target_boxes[box_frames]  # [V, 4]
+        # Frames left out compare a stand-in box with itself (L1 0, GIoU exactly 1) rather than being indexed away:
+        # boolean indexing would wait for the device to count them, and their own boxes may be empty, whose NaN
+        # GIoU would reach the gradients even under a zero weight.
+        keep = box_frames[..., None]  # [B, T, 1]
+        boxes = torch.where(keep, outputs["pred_boxes"].float()[batch, :, selected], STAND_IN_BOX)  # [B, T, 4]
+        target_boxes = torch.where(keep, targets.boxes, STAND_IN_BOX)
         loss_bbox = (boxes - target_boxes).abs().sum()
-        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes)))
+        giou = generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes))  # [B, T]
         loss_giou = (1 - giou).sum()
 
-        target_masks = torch.stack([target["masks"] for target in targets]).float().to(device)  # [B, T, Hp, Wp]
-        loss_mask, loss_dice = self.mask_losses(outputs["pred_masks"], target_masks, "pred_masks")
+        loss_mask, loss_dice = self.mask_losses(outputs["pred_masks"], targets.masks, "pred_masks")
         masks_low = outputs["pred_masks_low"][batch, :, selected]  # [B, T, Hp/2, Wp/2]
-        loss_mask_low, loss_dice_low = self.mask_losses(masks_low, subsample_stride2(target_masks),
-                                                        "pred_masks_low")
+        loss_mask_low, loss_dice_low = self.mask_losses(masks_low, targets.masks_low, "pred_masks_low")
 
         losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou, "loss_mask": loss_mask,
                   "loss_dice": loss_dice, "loss_mask_low": loss_mask_low, "loss_dice_low": loss_dice_low}
         return {name: value / num_boxes for name, value in losses.items()}
 
-    def pixel_referring_losses(self, logits: torch.Tensor, targets: list[dict],
-                               num_boxes: float) -> dict[str, torch.Tensor]:
-        """BCE and dice of text-to-pixel logits [B, T, h, w] against the area-averaged padded ground truth."""
-        target_masks = torch.stack([target["masks"] for target in targets]).float().to(logits.device)
+    def pixel_referring_losses(self, logits: torch.Tensor, target_masks: torch.Tensor,
+                               num_boxes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """BCE and dice of text-to-pixel logits [B, T, h, w] against the area-averaged padded ground truth
+        target_masks [B, T, Hp, Wp]."""
         soft = F.adaptive_avg_pool2d(target_masks, logits.shape[-2:])  # [B, T, h, w], fraction covered
         logits, soft = logits.float().flatten(1), soft.flatten(1)
         bce = F.binary_cross_entropy_with_logits(logits, soft, reduction="none").mean(1).sum()
@@ -122,13 +128,14 @@ class SetCriterion(nn.Module):
         return focal, dice_loss(pred, target).sum()
 
 
-def count_valid_frames(targets: list[dict], device: torch.device) -> float:
-    """Valid frames in the batch, averaged over the processes of a distributed run, at least 1."""
-    count = torch.tensor(float(sum(int(target["valid"].sum()) for target in targets)), device=device)
+def count_valid_frames(valid: torch.Tensor) -> torch.Tensor:
+    """Valid frames of valid [B, T], averaged over the processes of a distributed run, at least 1: a 0-d float
+    tensor on valid's device (no wait for the device)."""
+    count = valid.sum().float()
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(count)
         count = count / dist.get_world_size()
-    return count.clamp(min=1).item()
+    return count.clamp(min=1)
 
 
 def build_weight_dict(loss_cfg: dict, num_aux_layers: int, pixel_referring: bool = False) -> dict[str, float]:

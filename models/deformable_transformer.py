@@ -8,6 +8,8 @@ post-norm. The decoder iteratively refines its reference points when the model h
 (``decoder.bbox_embed``).
 """
 import copy
+import itertools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -77,28 +79,49 @@ class DeformableTransformer(nn.Module):
         if not len(srcs) == len(masks) == len(pos_embeds) == self.num_feature_levels:
             raise ValueError(f"DeformableTransformer expects {self.num_feature_levels} levels of srcs, masks and "
                              f"pos_embeds, got {len(srcs)}, {len(masks)} and {len(pos_embeds)}.")
-        spatial_shapes = torch.as_tensor([src.shape[-2:] for src in srcs], dtype=torch.long,
-                                         device=srcs[0].device)  # [L, 2]
-        level_start_index = torch.cat((spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]))
+        # The level sizes as Python ints for the reshapes and checks, as tensors for the kernels: both made here,
+        # once per forward, so that no layer has to read a device tensor back (a wait for the device).
+        sizes = [(src.shape[-2], src.shape[-1]) for src in srcs]
+        starts = [0] + list(itertools.accumulate(height * width for height, width in sizes))[:-1]
+        spatial_shapes = to_device([list(size) for size in sizes], srcs[0].device)  # long [L, 2]
+        level_start_index = to_device(starts, srcs[0].device)  # long [L]
+        levels = LevelShapes(sizes, spatial_shapes, level_start_index)
         valid_ratios = torch.stack([valid_ratio(mask) for mask in masks], dim=1)  # [N, L, 2]
         src_flatten = torch.cat([rearrange(src, "n c h w -> n (h w) c") for src in srcs], dim=1)  # [N, S, C]
         mask_flatten = torch.cat([rearrange(mask, "n h w -> n (h w)") for mask in masks], dim=1)  # [N, S]
         pos_flatten = torch.cat([rearrange(pos, "n c h w -> n (h w) c") + self.level_embed[level]
                                  for level, pos in enumerate(pos_embeds)], dim=1)  # [N, S, C]
 
-        memory = self.encoder(src_flatten, spatial_shapes, level_start_index, valid_ratios, pos_flatten,
-                              mask_flatten)  # [N, S, C]
+        memory = self.encoder(src_flatten, levels, valid_ratios, pos_flatten, mask_flatten)  # [N, S, C]
 
         query_pos = query_embed.unsqueeze(0).expand(tgt.shape[0], -1, -1)  # [N, Q, C]
         init_reference = self.reference_points(query_pos).sigmoid()  # [N, Q, 2]
-        hs, inter_references = self.decoder(tgt, init_reference, memory, spatial_shapes, level_start_index,
-                                            valid_ratios, query_pos, mask_flatten)
+        hs, inter_references = self.decoder(tgt, init_reference, memory, levels, valid_ratios, query_pos,
+                                            mask_flatten)
 
-        memory_maps = [rearrange(level_memory, "n (h w) c -> n c h w", h=src.shape[-2], w=src.shape[-1])
-                       for level_memory, src in zip(memory.split([h * w for h, w in spatial_shapes.tolist()], 1),
-                                                    srcs)]
+        memory_maps = [rearrange(level_memory, "n (h w) c -> n c h w", h=h, w=w)
+                       for level_memory, (h, w) in zip(memory.split([h * w for h, w in sizes], 1), sizes)]
         return {"hs": hs, "init_reference": init_reference, "inter_references": inter_references,
                 "memory": memory_maps, "valid_ratios": valid_ratios}
+
+
+class LevelShapes(NamedTuple):
+    """The feature levels' sizes, in both forms the layers need.
+
+    sizes: (H_l, W_l) per level, Python ints (reshapes, checks).
+    spatial_shapes: long [L, 2] and level_start_index: long [L] on the features' device (the kernels).
+    """
+    sizes: list[tuple[int, int]]
+    spatial_shapes: torch.Tensor
+    level_start_index: torch.Tensor
+
+
+def to_device(values: list, device: torch.device) -> torch.Tensor:
+    """A long tensor of ``values`` on ``device``, copied from pinned memory without waiting for the device."""
+    tensor = torch.tensor(values, dtype=torch.long)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def valid_ratio(mask: torch.Tensor) -> torch.Tensor:
@@ -135,11 +158,11 @@ class DeformableEncoderLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.ffn = FeedForward(d_model, dim_feedforward, dropout)
 
-    def forward(self, src: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor,
-                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+    def forward(self, src: torch.Tensor, pos: torch.Tensor, reference_points: torch.Tensor, levels: LevelShapes,
                 padding_mask: torch.Tensor) -> torch.Tensor:
         """src, pos [N, S, C]; reference_points [N, S, L, 2]; padding_mask [N, S] -> [N, S, C]."""
-        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
+        attended = self.self_attn(src + pos, reference_points, src, levels.spatial_shapes, levels.level_start_index,
+                                  padding_mask, input_spatial_sizes=levels.sizes)
         return self.ffn(self.norm(src + self.dropout(attended)))
 
 
@@ -151,14 +174,14 @@ class DeformableEncoder(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
 
     @staticmethod
-    def reference_points(spatial_shapes: torch.Tensor, valid_ratios: torch.Tensor) -> torch.Tensor:
+    def reference_points(sizes: list[tuple[int, int]], valid_ratios: torch.Tensor) -> torch.Tensor:
         """Pixel centres of every level, normalised by the valid extent: [N, S, L, 2] (x, y).
 
         A token at the centre of pixel (i, j) of level l lies at ((j + .5) / valid_w_l, (i + .5) / valid_h_l)
         of its frame's content; multiplying by each level's valid ratio maps it into that level's [0, 1] frame.
         """
         points = []
-        for level, (height, width) in enumerate(spatial_shapes.tolist()):
+        for level, (height, width) in enumerate(sizes):
             ref_y, ref_x = torch.meshgrid(
                 torch.linspace(0.5, height - 0.5, height, dtype=torch.float32, device=valid_ratios.device),
                 torch.linspace(0.5, width - 0.5, width, dtype=torch.float32, device=valid_ratios.device),
@@ -169,12 +192,12 @@ class DeformableEncoder(nn.Module):
         reference = torch.cat(points, 1)  # [N, S, 2]
         return reference[:, :, None] * valid_ratios[:, None]  # [N, S, L, 2]
 
-    def forward(self, src: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
-                valid_ratios: torch.Tensor, pos: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, levels: LevelShapes, valid_ratios: torch.Tensor, pos: torch.Tensor,
+                padding_mask: torch.Tensor) -> torch.Tensor:
         """src, pos [N, S, C]; valid_ratios [N, L, 2]; padding_mask [N, S] -> memory [N, S, C]."""
-        reference_points = self.reference_points(spatial_shapes, valid_ratios).to(src.dtype)
+        reference_points = self.reference_points(levels.sizes, valid_ratios).to(src.dtype)
         for layer in self.layers:
-            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, padding_mask)
+            src = layer(src, pos, reference_points, levels, padding_mask)
         return src
 
 
@@ -193,14 +216,13 @@ class DeformableDecoderLayer(nn.Module):
         self.ffn = FeedForward(d_model, dim_feedforward, dropout)
 
     def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor, reference_points: torch.Tensor,
-                memory: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
-                memory_padding_mask: torch.Tensor) -> torch.Tensor:
+                memory: torch.Tensor, levels: LevelShapes, memory_padding_mask: torch.Tensor) -> torch.Tensor:
         """tgt, query_pos [N, Q, C]; reference_points [N, Q, L, 2|4]; memory [N, S, C] -> [N, Q, C]."""
         query = tgt + query_pos
         attended = self.self_attn(query, query, tgt, need_weights=False)[0]
         tgt = self.norm_self(tgt + self.dropout_self(attended))
-        attended = self.cross_attn(tgt + query_pos, reference_points, memory, spatial_shapes, level_start_index,
-                                   memory_padding_mask)
+        attended = self.cross_attn(tgt + query_pos, reference_points, memory, levels.spatial_shapes,
+                                   levels.level_start_index, memory_padding_mask, input_spatial_sizes=levels.sizes)
         tgt = self.norm_cross(tgt + self.dropout_cross(attended))
         return self.ffn(tgt)
 
@@ -219,16 +241,16 @@ class DeformableDecoder(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.bbox_embed: nn.ModuleList | None = None
 
-    def forward(self, tgt: torch.Tensor, reference_points: torch.Tensor, memory: torch.Tensor,
-                spatial_shapes: torch.Tensor, level_start_index: torch.Tensor, valid_ratios: torch.Tensor,
-                query_pos: torch.Tensor, memory_padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tgt: torch.Tensor, reference_points: torch.Tensor, memory: torch.Tensor, levels: LevelShapes,
+                valid_ratios: torch.Tensor, query_pos: torch.Tensor,
+                memory_padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tgt, query_pos [N, Q, C]; reference_points [N, Q, 2] -> hs [layers, N, Q, C], refs [layers, N, Q, 2|4]."""
         outputs, references = [], []
         for index, layer in enumerate(self.layers):
             # Reference points are relative to the valid content; scale them into every level's padded frame.
             scale = valid_ratios if reference_points.shape[-1] == 2 else torch.cat([valid_ratios, valid_ratios], -1)
-            tgt = layer(tgt, query_pos, reference_points[:, :, None] * scale[:, None], memory, spatial_shapes,
-                        level_start_index, memory_padding_mask)
+            tgt = layer(tgt, query_pos, reference_points[:, :, None] * scale[:, None], memory, levels,
+                        memory_padding_mask)
             if self.bbox_embed is not None:
                 delta = self.bbox_embed[index](tgt)  # [N, Q, 4]
                 if reference_points.shape[-1] == 4:

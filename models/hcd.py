@@ -16,7 +16,9 @@ from einops import rearrange, repeat
 from torch import nn
 from torch.nn import functional as F
 
+from models.clip_targets import stack_targets
 from models.deformable_transformer import inverse_sigmoid
+from models.mask_head import PixelFeatures
 from models.mlp import MLP
 from models.position_encoding import PositionEmbeddingSine2D
 from util.nested_tensor import NestedTensor
@@ -132,12 +134,14 @@ class HCD(nn.Module):
         valid_ratios = decoded["valid_ratios"][:, 0]  # [N, 2] of the stride-8 level
         num_layers = len(decoded["hs"])
         layer_indices = range(num_layers) if targets is not None and self.aux_loss else [num_layers - 1]
-        layers = [self._layer_output(decoded, index, memory, valid_ratios, batch) for index in layer_indices]
+        pixels = self.mask_head.pixel_features(memory)  # the same for every layer
+        layers = [self._layer_output(decoded, index, pixels, valid_ratios, batch) for index in layer_indices]
+        matched = stack_targets(targets, valid_ratios.device) if targets is not None else None
         for layer in layers:
             if refine_all_queries:
                 slots = None
-            elif targets is not None:
-                slots = self.matcher(layer, targets)
+            elif matched is not None:
+                slots = self.matcher(layer, matched)
             else:
                 slots = best_query(layer["pred_logits"])
             layer["pred_masks"] = self._refine(layer.pop("mask_features"), slots, features, batch)
@@ -186,7 +190,7 @@ class HCD(nn.Module):
         return fused
 
     def _layer_output(
-        self, decoded: dict, index: int, memory: list[torch.Tensor], valid_ratios: torch.Tensor, batch: int
+        self, decoded: dict, index: int, pixels: PixelFeatures, valid_ratios: torch.Tensor, batch: int
     ) -> dict:
         """Class logits, boxes and stride-8 mask features of decoder layer ``index``."""
         queries = decoded["hs"][index]  # [N, Q, C]
@@ -197,7 +201,7 @@ class HCD(nn.Module):
         else:
             boxes = torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], dim=-1).sigmoid()
         logits = self.class_embed[index](queries)
-        mask_features = self.mask_head(queries, memory, boxes[..., :2].detach(), valid_ratios)  # [N, Q, c, h, w]
+        mask_features = self.mask_head(queries, pixels, boxes[..., :2].detach(), valid_ratios)  # [N, Q, c, h, w]
         low = F.pixel_shuffle(rearrange(mask_features, "n q c h w -> n (q c) h w"), self.mask_refiner.factor)
         return {
             "pred_logits": rearrange(logits, "(b t) q k -> b t q k", b=batch),

@@ -14,6 +14,8 @@ The level count and the channel count come from the configuration; nothing is ti
 with ``c = 16`` (the paper) the sum is the patch itself, any other ``c`` is mixed into it by a learned
 ``Linear(c, 16)``.
 """
+from typing import NamedTuple
+
 import torch
 from einops import rearrange
 from torch import nn
@@ -22,6 +24,16 @@ from torch.nn import functional as F
 from models.mlp import MLP
 
 PATCH_CHANNELS = 16  # a 4x4 sub-pixel patch of the mask per stride-8 cell
+
+
+class PixelFeatures(NamedTuple):
+    """The encoder memory as both branches read it, the same for every decoder layer.
+
+    embeddings: [N, C, h, w, c] the levels, resized to stride 8, mixed into ``c`` per-pixel embeddings (dot product).
+    summed: [N, C, h, w] the sum of the resized levels (the dynamic convolution's input).
+    """
+    embeddings: torch.Tensor
+    summed: torch.Tensor
 
 
 def relative_coordinates(centres: torch.Tensor, size: tuple[int, int], valid_ratios: torch.Tensor) -> torch.Tensor:
@@ -67,34 +79,36 @@ class HybridMaskHead(nn.Module):
         # The paper's 16 channels are the patch; others are mixed into it (no extra parameters for 16).
         self.to_patch = None if mask_channels == PATCH_CHANNELS else nn.Linear(mask_channels, PATCH_CHANNELS)
 
-    def forward(
-        self, queries: torch.Tensor, memory: list[torch.Tensor], centres: torch.Tensor, valid_ratios: torch.Tensor
-    ) -> torch.Tensor:
-        """Mask features of every query.
+    def pixel_features(self, memory: list[torch.Tensor]) -> PixelFeatures:
+        """The half of the head that no decoder layer changes, computed once per forward for all of them.
 
-        Args:
-            queries: [N, Q, C] decoder output of one layer (N = frames).
-            memory: encoder memory levels [N, C, h_l, w_l]; the first one is at stride 8.
-            centres: [N, Q, 2] normalised box centres of the queries (detached by the caller).
-            valid_ratios: [N, 2] unpadded fraction (w, h) of the stride-8 grid.
-        Returns:
-            [N, Q, 16, h, w] sub-pixel mask logits at stride 8.
+        memory: encoder memory levels [N, C, h_l, w_l]; the first one is at stride 8.
         """
         size = memory[0].shape[-2:]
         levels = [memory[0]] + [
             F.interpolate(level, size=size, mode="bicubic", align_corners=False) for level in memory[1:]
         ]
-        dot = self._dot_product(queries, torch.stack(levels, dim=-1))
-        dynamic = self._dynamic_convolution(queries, sum(levels), centres, valid_ratios)
+        return PixelFeatures(embeddings=self.level_mix(torch.stack(levels, dim=-1)), summed=sum(levels))
+
+    def forward(
+        self, queries: torch.Tensor, pixels: PixelFeatures, centres: torch.Tensor, valid_ratios: torch.Tensor
+    ) -> torch.Tensor:
+        """Mask features of every query of one decoder layer.
+
+        Args:
+            queries: [N, Q, C] decoder output of one layer (N = frames).
+            pixels: ``self.pixel_features(memory)``.
+            centres: [N, Q, 2] normalised box centres of the queries (detached by the caller).
+            valid_ratios: [N, 2] unpadded fraction (w, h) of the stride-8 grid.
+        Returns:
+            [N, Q, 16, h, w] sub-pixel mask logits at stride 8.
+        """
+        dot = torch.einsum("nqc,nchwk->nqkhw", queries, pixels.embeddings)
+        dynamic = self._dynamic_convolution(queries, pixels.summed, centres, valid_ratios)
         features = dot + dynamic  # [N, Q, c, h, w]
         if self.to_patch is None:
             return features
         return torch.einsum("nqchw,kc->nqkhw", features, self.to_patch.weight) + self.to_patch.bias[:, None, None]
-
-    def _dot_product(self, queries: torch.Tensor, stacked: torch.Tensor) -> torch.Tensor:
-        """queries [N, Q, C], stacked [N, C, h, w, L] -> [N, Q, c, h, w]."""
-        embeddings = self.level_mix(stacked)  # [N, C, h, w, c]
-        return torch.einsum("nqc,nchwk->nqkhw", queries, embeddings)
 
     def _dynamic_convolution(
         self, queries: torch.Tensor, features: torch.Tensor, centres: torch.Tensor, valid_ratios: torch.Tensor

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from models.losses import dice_loss, sigmoid_focal_loss, subsample_stride2
+from models.clip_targets import ClipTargets
+from models.losses import dice_loss, sigmoid_focal_loss
 from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
 
@@ -43,48 +44,42 @@ class SingleTargetMatcher(nn.Module):
         self.box_cost_on_invalid_frames = box_cost_on_invalid_frames
 
     @torch.no_grad()
-    def forward(self, outputs: dict, targets: list[dict]) -> torch.Tensor:
-        """Return the chosen slot per clip, LongTensor [B].
+    def forward(self, outputs: dict, targets: ClipTargets) -> torch.Tensor:
+        """Return the chosen slot per clip, LongTensor [B] (see ``costs``)."""
+        return self.costs(outputs, targets).argmin(dim=-1)
+
+    def costs(self, outputs: dict, targets: ClipTargets) -> torch.Tensor:
+        """Cost [B, Q] of every slot of every clip, all clips and frames at once.
 
         outputs: pred_logits [B, T, Q, 1], pred_boxes [B, T, Q, 4] (normalised cxcywh),
             pred_masks_low [B, T, Q, Hp/2, Wp/2] (logits at stride 2 of the padded size).
-        targets: B dicts with boxes [T, 4] (normalised cxcywh), valid [T] (bool or 0/1),
-            masks [T, Hp, Wp] (binary, padded size).
+        targets: the B clips' boxes [B, T, 4], valid [B, T] and masks [B, T, Hp, Wp].
         """
-        costs = [self.clip_cost(outputs["pred_logits"][b], outputs["pred_boxes"][b],
-                                outputs["pred_masks_low"][b], target)
-                 for b, target in enumerate(targets)]
-        return torch.stack(costs).argmin(dim=-1)
-
-    def clip_cost(self, logits: torch.Tensor, boxes: torch.Tensor, masks_low: torch.Tensor,
-                  target: dict) -> torch.Tensor:
-        """Cost [Q] of every slot of one clip: logits [T, Q, 1], boxes [T, Q, 4], masks_low [T, Q, h, w]."""
-        logits, boxes, masks_low = logits.float(), boxes.float(), masks_low.float()
-        device = logits.device
-        valid = target["valid"].bool().to(device)  # [T]
+        logits = outputs["pred_logits"][..., 0].float()  # [B, T, Q]
+        boxes = outputs["pred_boxes"].float()  # [B, T, Q, 4]
+        masks_low = outputs["pred_masks_low"].float()  # [B, T, Q, h, w]
+        valid = targets.valid
         box_frames = torch.ones_like(valid) if self.box_cost_on_invalid_frames else valid
 
-        prob = logits[..., 0].sigmoid()  # [T, Q]
+        prob = logits.sigmoid()
         # -log(p) = softplus(-x) and -log(1 - p) = softplus(x), exact for large |x|.
-        pos = self.focal_alpha * (1 - prob) ** self.focal_gamma * F.softplus(-logits[..., 0])
-        neg = (1 - self.focal_alpha) * prob ** self.focal_gamma * F.softplus(logits[..., 0])
+        pos = self.focal_alpha * (1 - prob) ** self.focal_gamma * F.softplus(-logits)
+        neg = (1 - self.focal_alpha) * prob ** self.focal_gamma * F.softplus(logits)
         cost_class = mean_over_frames(pos - neg, valid)
 
-        target_boxes = target["boxes"].float().to(device)  # [T, 4]
-        cost_bbox = mean_over_frames((boxes - target_boxes[:, None]).abs().sum(-1), box_frames)
-        giou = torch.stack([generalized_box_iou(box_cxcywh_to_xyxy(boxes[t]),
-                                                box_cxcywh_to_xyxy(target_boxes[t:t + 1]))[:, 0]
-                            for t in range(boxes.shape[0])])  # [T, Q]
+        target_boxes = targets.boxes[:, :, None]  # [B, T, 1, 4]
+        cost_bbox = mean_over_frames((boxes - target_boxes).abs().sum(-1), box_frames)
+        giou = generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes))  # [B, T, Q]
         cost_giou = mean_over_frames(-giou, box_frames)
 
-        target_masks = subsample_stride2(target["masks"]).to(device)  # [T, h, w]
+        target_masks = targets.masks_low  # [B, T, h, w]
         if target_masks.shape[-2:] != masks_low.shape[-2:]:
             raise ValueError(
                 f"pred_masks_low has spatial size {tuple(masks_low.shape[-2:])} but the ground-truth masks "
-                f"{tuple(target['masks'].shape[-2:])} subsample to {tuple(target_masks.shape[-2:])}; the padded "
+                f"{tuple(targets.masks.shape[-2:])} subsample to {tuple(target_masks.shape[-2:])}; the padded "
                 "input size must be a multiple of the model's largest stride (data.size_divisibility).")
-        pred = rearrange(masks_low, "t q h w -> q (t h w)")
-        gt = rearrange(target_masks, "t h w -> 1 (t h w)")
+        pred = rearrange(masks_low, "b t q h w -> b q (t h w)")
+        gt = rearrange(target_masks, "b t h w -> b 1 (t h w)")
         cost_mask = sigmoid_focal_loss(pred, gt, self.focal_alpha, self.focal_gamma).mean(-1)
         cost_dice = dice_loss(pred, gt)
 
@@ -93,13 +88,14 @@ class SingleTargetMatcher(nn.Module):
 
 
 def mean_over_frames(cost: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-    """Mean of per-frame costs [T, Q] over the frames where ``frames`` [T] is True -> [Q]; 0 if there are none.
+    """Mean of per-frame costs [B, T, Q] over the frames where ``frames`` [B, T] is True -> [B, Q]; 0 for a clip
+    with none.
 
     Selects rather than multiplies, so that a NaN on an excluded frame (e.g. the GIoU of two empty boxes)
     cannot leak in.
     """
-    selected = torch.where(frames[:, None], cost, torch.zeros_like(cost))
-    return selected.sum(0) / frames.sum().clamp(min=1)
+    selected = torch.where(frames[..., None], cost, torch.zeros_like(cost))
+    return selected.sum(1) / frames.sum(1, keepdim=True).clamp(min=1)
 
 
 def build_matcher(cfg: dict) -> SingleTargetMatcher:

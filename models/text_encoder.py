@@ -11,6 +11,7 @@ import warnings
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from models.position_encoding import PositionEmbeddingSine1D
 from util.errors import UserInputError
@@ -73,22 +74,31 @@ class TextEncoder(nn.Module):
                 raise ValueError(f"Caption {index} of the batch is empty ({caption!r}); every referring "
                                  "expression needs at least one word. Check the expression in the dataset's "
                                  "meta_expressions.json.")
-        self._warn_truncated(captions)
-        tokens = self.tokenizer(captions, padding="longest", truncation=True, max_length=self.max_length,
-                                return_tensors="pt").to(device)
+        tokens = {name: value.to(device) for name, value in self.tokenize(captions).items()}
         with torch.no_grad():
-            words = self.roberta(input_ids=tokens["input_ids"],
-                                 attention_mask=tokens["attention_mask"]).last_hidden_state  # [B, L, 768]
+            words = self.roberta(**tokens).last_hidden_state  # [B, L, 768]
         padding_mask = tokens["attention_mask"] != 1
         return self.resizer(words.to(self.resizer.fc.weight.dtype)), padding_mask
 
-    def _warn_truncated(self, captions: list[str]) -> None:
-        """One warning per sentence longer than ``max_length`` tokens (Python shows each distinct one once)."""
-        lengths = [len(ids) for ids in self.tokenizer(captions, verbose=False)["input_ids"]]
-        for caption, length in zip(captions, lengths):
-            if length > self.max_length:
-                warnings.warn(f"The caption {caption!r} has {length} RoBERTa tokens; only the first "
+    def tokenize(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """input_ids and attention_mask [B, L] of the captions, each truncated to ``max_length`` tokens (special
+        tokens included) and right-padded to the longest; one warning per truncated sentence (Python shows each
+        distinct one once).
+
+        One tokenizer pass: each sentence is tokenised whole (to tell whether it is cut) and cut here as the
+        tokenizer's own truncation would, keeping RoBERTa's closing ``</s>``: ``<s> w_1 ... w_(max_length-2) </s>``.
+        """
+        rows = self.tokenizer(captions, verbose=False)["input_ids"]  # <s> w_1 ... w_n </s>
+        for caption, row in zip(captions, rows):
+            if len(row) > self.max_length:
+                warnings.warn(f"The caption {caption!r} has {len(row)} RoBERTa tokens; only the first "
                               f"{self.max_length} (model.text.max_length) are used.")
+        ids = [torch.tensor(row if len(row) <= self.max_length else row[:self.max_length - 1] + row[-1:])
+               for row in rows]
+        lengths = torch.tensor([len(row) for row in ids])
+        input_ids = pad_sequence(ids, batch_first=True, padding_value=self.tokenizer.pad_token_id)
+        attention_mask = (torch.arange(input_ids.shape[1])[None] < lengths[:, None]).long()
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 class VisionLanguageFusion(nn.Module):

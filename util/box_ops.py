@@ -23,20 +23,21 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairwise IoU of ``[N, 4]`` and ``[M, 4]`` xyxy boxes -> (iou ``[N, M]``, union ``[N, M]``)."""
-    area1, area2 = box_area(boxes1), box_area(boxes2)
-    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    """IoU of xyxy boxes paired element by element: ``[..., 4]`` and ``[..., 4]`` that broadcast against each
+    other -> (iou ``[...]``, union ``[...]``). Index ``[:, None]`` and ``[None]`` for every pair of two sets."""
+    top_left = torch.max(boxes1[..., :2], boxes2[..., :2])
+    bottom_right = torch.min(boxes1[..., 2:], boxes2[..., 2:])
     inter = (bottom_right - top_left).clamp(min=0).prod(-1)
-    union = area1[:, None] + area2[None, :] - inter
+    union = box_area(boxes1) + box_area(boxes2) - inter
     return inter / union, union
 
 
 def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Pairwise generalised IoU (Rezatofighi et al., 2019) of xyxy boxes -> ``[N, M]`` in [-1, 1]."""
+    """Generalised IoU (Rezatofighi et al., 2019) of xyxy boxes paired element by element (``[..., 4]`` that
+    broadcast) -> ``[...]`` in [-1, 1]."""
     iou, union = box_iou(boxes1, boxes2)
-    top_left = torch.min(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    top_left = torch.min(boxes1[..., :2], boxes2[..., :2])
+    bottom_right = torch.max(boxes1[..., 2:], boxes2[..., 2:])
     hull = (bottom_right - top_left).clamp(min=0).prod(-1)
     return iou - (hull - union) / hull
 

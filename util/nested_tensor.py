@@ -7,6 +7,8 @@ padding (``True`` = padding), as in DETR.
 import math
 
 import torch
+import torch.nn.functional as F
+from einops import repeat
 
 
 class NestedTensor:
@@ -49,14 +51,19 @@ def nested_tensor_from_videos(videos: list[torch.Tensor], size_divisibility: int
         raise ValueError(f"all clips of a batch need the same number of frames, got lengths {sorted(lengths)}")
     num_frames = lengths.pop()
     height, width = padded_size([tuple(video.shape[-2:]) for video in videos], size_divisibility)
-    first = videos[0]
-    tensors = first.new_zeros((len(videos), num_frames, first.shape[1], height, width))
-    mask = torch.ones((len(videos), num_frames, height, width), dtype=torch.bool, device=first.device)
-    for index, video in enumerate(videos):
-        h, w = video.shape[-2:]
-        tensors[index, :, :, :h, :w] = video
-        mask[index, :, :h, :w] = False
+    tensors = torch.stack([pad_bottom_right(video, height, width) for video in videos])
+    device = videos[0].device
+    sizes = torch.tensor([tuple(video.shape[-2:]) for video in videos], device=device)  # [B, 2] (h, w)
+    inside_rows = torch.arange(height, device=device) < sizes[:, :1]  # [B, Hp]
+    inside_cols = torch.arange(width, device=device) < sizes[:, 1:]  # [B, Wp]
+    inside = inside_rows[:, :, None] & inside_cols[:, None, :]  # [B, Hp, Wp]
+    mask = repeat(~inside, "b h w -> b t h w", t=num_frames).contiguous()
     return NestedTensor(tensors, mask)
+
+
+def pad_bottom_right(tensor: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[..., h, w]`` -> ``[..., height, width]``, zeros below and to the right."""
+    return F.pad(tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]))
 
 
 def collate_clips(
@@ -84,10 +91,7 @@ def collate_clips(
     for target in flat:
         target = dict(target)
         if "masks" in target:
-            masks = target["masks"]
-            padded = masks.new_zeros((masks.shape[0], height, width))
-            padded[:, : masks.shape[1], : masks.shape[2]] = masks
-            target["masks"] = padded
+            target["masks"] = pad_bottom_right(target["masks"], height, width)
         targets.append(target)
     captions = [target["caption"] for target in targets]
     return samples, captions, targets

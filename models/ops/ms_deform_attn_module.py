@@ -1,5 +1,6 @@
 """``MSDeformAttn``: the multi-scale deformable attention layer of Deformable DETR (same parameters and init)."""
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -59,6 +60,7 @@ class MSDeformAttn(nn.Module):
         input_spatial_shapes: torch.Tensor,
         input_level_start_index: torch.Tensor,
         input_padding_mask: torch.Tensor | None = None,
+        input_spatial_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -69,13 +71,18 @@ class MSDeformAttn(nn.Module):
             input_spatial_shapes: long [L, 2], (H_l, W_l).
             input_level_start_index: long [L].
             input_padding_mask: [N, S] bool, True at padding (those values are zeroed), or None.
+            input_spatial_sizes: the (H_l, W_l) of ``input_spatial_shapes`` as Python ints, when the caller has
+                them: the input check then does not read the tensor (on a GPU, a wait for the device).
 
         Returns:
             [N, Lq, C]
         """
         n, lq, _ = query.shape
         s = input_flatten.shape[1]
-        self._check_inputs(query, reference_points, input_flatten, input_spatial_shapes, input_padding_mask)
+        if input_spatial_sizes is None:
+            input_spatial_sizes = input_spatial_shapes.tolist()
+        self._check_inputs(query, reference_points, input_flatten, input_spatial_shapes, input_spatial_sizes,
+                           input_padding_mask)
         m, num_levels, num_points = self.n_heads, self.n_levels, self.n_points
 
         value = self.value_proj(input_flatten)
@@ -98,7 +105,8 @@ class MSDeformAttn(nn.Module):
         out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights)
         return self.output_proj(out)
 
-    def _check_inputs(self, query, reference_points, input_flatten, input_spatial_shapes, input_padding_mask):
+    def _check_inputs(self, query, reference_points, input_flatten, input_spatial_shapes, input_spatial_sizes,
+                      input_padding_mask):
         n, lq, c = query.shape
         if c != self.d_model or input_flatten.dim() != 3 or input_flatten.shape[0] != n \
                 or input_flatten.shape[2] != self.d_model:
@@ -107,10 +115,10 @@ class MSDeformAttn(nn.Module):
         if tuple(input_spatial_shapes.shape) != (self.n_levels, 2):
             raise ValueError(f"MSDeformAttn: input_spatial_shapes must be [{self.n_levels}, 2] (H, W), "
                              f"got {tuple(input_spatial_shapes.shape)}.")
-        total = int((input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).sum())
+        total = sum(height * width for height, width in input_spatial_sizes)
         if total != input_flatten.shape[1]:
             raise ValueError(f"MSDeformAttn: input_flatten has S={input_flatten.shape[1]} tokens but the spatial "
-                             f"shapes {input_spatial_shapes.tolist()} sum to {total}.")
+                             f"shapes {[list(size) for size in input_spatial_sizes]} sum to {total}.")
         if reference_points.dim() != 4 or reference_points.shape[:3] != (n, lq, self.n_levels) \
                 or reference_points.shape[-1] not in (2, 4):
             raise ValueError(f"MSDeformAttn: reference_points must be [{n}, {lq}, {self.n_levels}, 2 or 4], "

@@ -136,10 +136,9 @@ def test_invalid_frames_excluded_from_box_losses_unless_paper_flag():
 
 
 def test_num_boxes_is_valid_frame_count():
-    _, targets = make_batch([(True, True, False), (False, True, False)])
-    assert count_valid_frames(targets, torch.device("cpu")) == 3.0
-    _, empty = make_batch([(False, False, False)])
-    assert count_valid_frames(empty, torch.device("cpu")) == 1.0
+    valid = torch.tensor([(True, True, False), (False, True, False)])
+    assert count_valid_frames(valid).item() == 3.0
+    assert count_valid_frames(torch.zeros(1, 3, dtype=torch.bool)).item() == 1.0
 
 
 def test_all_invalid_clip_gives_finite_losses_and_gradients():

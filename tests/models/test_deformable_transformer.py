@@ -87,9 +87,8 @@ def test_reference_points_stay_in_unit_interval():
 
 def test_encoder_reference_points_are_pixel_centres_of_valid_content():
     transformer = make_transformer()
-    spatial_shapes = torch.tensor([[2, 4], [1, 2]])
     valid_ratios = torch.tensor([[[0.5, 1.0], [0.5, 1.0]]])  # half the width is padding on both levels
-    points = transformer.encoder.reference_points(spatial_shapes, valid_ratios)
+    points = transformer.encoder.reference_points([(2, 4), (1, 2)], valid_ratios)
     assert points.shape == (1, 10, 2, 2)
     # pixel (row 0, col 1) of level 0: x = 1.5 / (0.5 * 4) = 0.75 of the content, y = 0.5 / 2 = 0.25
     torch.testing.assert_close(points[0, 1, 0], torch.tensor([0.75 * 0.5, 0.25]))

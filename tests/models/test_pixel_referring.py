@@ -37,7 +37,7 @@ def test_pixel_referring_losses_against_a_hand_computed_case():
     masks[0, :, :4, :4] = 1  # the top-left quarter of every frame: one 4x4 cell at stride 4 -> grid 2x2
     logits = torch.full((1, 2, 2, 2), -3.0)
     logits[0, :, 0, 0] = 3.0
-    losses = criterion.pixel_referring_losses(logits, [{"masks": masks[0]}], num_boxes=2.0)
+    losses = criterion.pixel_referring_losses(logits, masks, num_boxes=2.0)
     soft = torch.zeros(1, 8)
     soft[0, [0, 4]] = 1.0
     bce = F.binary_cross_entropy_with_logits(logits.flatten(1), soft)
@@ -48,7 +48,7 @@ def test_pixel_referring_losses_against_a_hand_computed_case():
     # Partly covered cells are soft targets: the fraction of their pixels in the mask.
     masks[0, :, :4, :4] = 0
     masks[0, :, :2, :4] = 1
-    soft_loss = criterion.pixel_referring_losses(torch.zeros(1, 2, 2, 2), [{"masks": masks[0]}], 1.0)
+    soft_loss = criterion.pixel_referring_losses(torch.zeros(1, 2, 2, 2), masks, 1.0)
     expected = F.binary_cross_entropy_with_logits(torch.zeros(8), torch.tensor([0.5, 0, 0, 0, 0.5, 0, 0, 0]))
     assert math.isclose(soft_loss["loss_pixel_referring"].item(), expected.item(), rel_tol=1e-6)
 
