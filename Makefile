@@ -1,5 +1,7 @@
 # Two commands: `make demo` (the main job on RefShapes, CPU) and `make test` (the test suite).
-# Each creates .venv when missing and reinstalls the requirements (and the project, editable) only when requirements.txt or pyproject.toml changed.
+# Each creates .venv when missing and reinstalls the requirements only when requirements.txt or this file changed.
+# The project itself is not installed: its folders (datasets/, models/, util/, ...) would shadow packages of the same
+# name, such as Hugging Face's datasets; every command runs from the repository root (docs/install.md).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,14 +12,15 @@ STAMP := $(VENV)/.requirements.stamp
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): requirements.txt pyproject.toml | $(PY)
+# The uninstall removes the editable install of the project that earlier versions of this file made.
+$(STAMP): requirements.txt Makefile | $(PY)
 	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip uninstall --quiet --quiet --yes hcd
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/run_demo.py --out outputs/demo
+	$(PY) -m scripts.run_demo --out outputs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest; status=$$?; \

@@ -2,7 +2,7 @@
 
 - **A2D-Sentences / JHMDB-Sentences** (``a2d``: its test subset; ``jhmdb``): every window is run with all query slots
   refined, and every slot is scored on the **annotated** frame of the window (``target["annotated_index"]``; the
-  paper's code scores frame 0, see reference/hcd-architecture.md section 7 item 3): score = sigmoid of its class
+  paper's code scores frame 0 whichever frame is annotated, docs/architecture.md): score = sigmoid of its class
   logit there, mask = sigmoid of its refined logits > 0.5, cropped to the unpadded size and resized
   (nearest-neighbour) to the original frame size, as MTTR and ReferFormer do. Ground truth is the annotated frame's
   mask at the original size. ``metrics.a2d`` gives mAP@[.5:.95], AP50 and AP75 over the predictions of

@@ -7,7 +7,7 @@ uses it and with the governor replaced by a no-op (the thread pool stays as wide
 per step are the median over the logged windows after the first (which holds the warm-up). The slowdown of a
 condition is its step time over that of the same mode alone, measured in the same run.
 
-    python benchmarks/bench_contention.py --json     # last line: {"governor": {...}, "fixed": {...}, ...}
+    python -m benchmarks.bench_contention --json     # last line: {"governor": {...}, "fixed": {...}, ...}
 """
 import argparse
 import json

@@ -9,8 +9,8 @@ writes the set as PNG folders and times ``evaluate_davis_unsupervised`` end to e
 OpenCV runs single-threaded for both sides, and the ratio is taken on process CPU time, which a busy shared
 machine disturbs far less than wall time (both are printed).
 
-    python benchmarks/bench_eval.py            # 5 videos x 50 frames x 480x854, 3 objects, 3 proposals
-    python benchmarks/bench_eval.py --json     # last line: {"speedup_vs_loop": ..., "max_abs_diff": ..., ...}
+    python -m benchmarks.bench_eval            # 5 videos x 50 frames x 480x854, 3 objects, 3 proposals
+    python -m benchmarks.bench_eval --json     # last line: {"speedup_vs_loop": ..., "max_abs_diff": ..., ...}
 """
 import argparse
 import json

@@ -1,7 +1,7 @@
 """Frames per second of Ref-YouTube-VOS-style inference, by ReferDINO's protocol (``benchmarks/fps_protocol.py``).
 
-    python benchmarks/bench_fps.py --json                              # the tiny model on the CPU
-    python benchmarks/bench_fps.py --full_size --amp bf16 --device cuda --size 720 --json   # the paper's model
+    python -m benchmarks.bench_fps --json                              # the tiny model on the CPU
+    python -m benchmarks.bench_fps --full_size --amp bf16 --device cuda --size 720 --json   # the paper's model
     # last line: {"fps": ..., "frames": ..., "seconds": ..., ...}
 
 A RefShapes valid split (--videos videos of --frames frames of --size x --size pixels, in the Ref-YouTube-VOS

@@ -14,7 +14,7 @@ and cast to ``--dtype`` before the next, so host memory peaks near their final s
 Seconds are wall time of each phase; memory is the peak resident set of the process (``ru_maxrss``) after each
 phase, and on CUDA also ``torch.cuda.max_memory_allocated``.
 
-    python benchmarks/bench_full_size.py --device cpu --json      # ~10.4 GB of weights in float32
+    python -m benchmarks.bench_full_size --device cpu --json      # ~10.4 GB of weights in float32
 """
 import argparse
 import json

@@ -1,7 +1,7 @@
 """One prepared GPU benchmark: the figures that need a GPU, in one run of a few minutes, JSON on the last line.
 
-    python benchmarks/bench_gpu.py --json             # a CUDA machine: <= 5 minutes on one H100/H200
-    python benchmarks/bench_gpu.py --dry_run --json   # tiny widths on the CPU: every section runs, nothing rots
+    python -m benchmarks.bench_gpu --json             # a CUDA machine: <= 5 minutes on one H100/H200
+    python -m benchmarks.bench_gpu --dry_run --json   # tiny widths on the CPU: every section runs, nothing rots
 
 The model is the full-size HCD with random weights (``benchmarks/full_size.py``): the pretrained components in
 bf16, the trainable parts in float32, AMP bf16. Sections (``--sections`` picks some; a failing section records

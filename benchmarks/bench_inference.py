@@ -19,8 +19,8 @@ shared machine); the ratio is taken on process CPU time, which other processes d
 (both are printed); frames/s is taken on the smallest CPU time of ``--repeat`` runs on the CPU (with one thread,
 what an idle machine's wall clock would show) and on the smallest wall time on CUDA.
 
-    python benchmarks/bench_inference.py                 # 16 frames of 128x128, 4 sentences; T = 5 10 20 36
-    python benchmarks/bench_inference.py --json          # last line: {"speedup_shared_vs_naive": ..., ...}
+    python -m benchmarks.bench_inference                 # 16 frames of 128x128, 4 sentences; T = 5 10 20 36
+    python -m benchmarks.bench_inference --json          # last line: {"speedup_shared_vs_naive": ..., ...}
 """
 import argparse
 import gc
@@ -171,11 +171,12 @@ def scaling_child(args: argparse.Namespace) -> None:
 
 
 def run_child(args: argparse.Namespace, num_frames: int, weights: Path, video_dir: Path) -> dict:
-    command = [sys.executable, __file__, "--child_frames", str(num_frames), "--weights", str(weights),
-               "--video_dir", str(video_dir), "--size", str(args.size), "--sentences", str(args.sentences),
+    command = [sys.executable, "-m", "benchmarks.bench_inference", "--child_frames", str(num_frames),
+               "--weights", str(weights), "--video_dir", str(video_dir), "--size", str(args.size),
+               "--sentences", str(args.sentences),
                "--repeat", str(args.repeat), "--threads", str(args.threads), "--device", args.device,
                "--captions_per_pass", str(args.captions_per_pass)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"the scaling run for T={num_frames} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

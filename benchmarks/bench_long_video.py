@@ -1,6 +1,6 @@
 """Peak memory against video length: a process segmenting a short and a long mp4 the way demo.py and app.py do.
 
-    python benchmarks/bench_long_video.py --json
+    python -m benchmarks.bench_long_video --json
     # last line: {"rss_30": MB, "rss_600": MB, "rss_ratio": rss_600 / rss_30, ...}
 
 Each video (a square moving over a gradient, --size x --size pixels) is segmented in a fresh process with the tiny
@@ -74,9 +74,9 @@ def measure(video: Path, weights: Path, clip_len: int, overlap: int) -> dict:
 
 def run_in_child(video: Path, weights: Path, args) -> dict:
     """``measure`` in a fresh interpreter, so that each peak RSS belongs to one video alone."""
-    command = [sys.executable, __file__, "--measure", str(video), "--weights", str(weights),
+    command = [sys.executable, "-m", "benchmarks.bench_long_video", "--measure", str(video), "--weights", str(weights),
                "--clip_len", str(args.clip_len), "--overlap", str(args.overlap)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,7 +1,7 @@
 """Estimated GPU training memory of the full-size HCD (no GPU and no weights needed).
 
-    python benchmarks/bench_memory.py                      # T = 5, batch 1, 384x640 (360p padded), LoRA r = 16
-    python benchmarks/bench_memory.py --json               # last line: {"total_gb": {...}, ...}
+    python -m benchmarks.bench_memory                      # T = 5, batch 1, 384x640 (360p padded), LoRA r = 16
+    python -m benchmarks.bench_memory --json               # last line: {"total_gb": {...}, ...}
 
 Method (every number is printed):
 

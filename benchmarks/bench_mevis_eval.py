@@ -10,8 +10,8 @@ F agrees and prints the speed ratio.
 OpenCV runs single-threaded on both sides, and the ratio is taken on process CPU time, which a busy shared machine
 disturbs far less than wall time (both are printed).
 
-    python benchmarks/bench_mevis_eval.py            # 4 videos x 30 frames x 480x854, 4 objects, 6 expressions
-    python benchmarks/bench_mevis_eval.py --json     # last line: {"speedup_vs_loop": ..., "max_abs_diff": ..., ...}
+    python -m benchmarks.bench_mevis_eval            # 4 videos x 30 frames x 480x854, 4 objects, 6 expressions
+    python -m benchmarks.bench_mevis_eval --json     # last line: {"speedup_vs_loop": ..., "max_abs_diff": ..., ...}
 """
 import argparse
 import json

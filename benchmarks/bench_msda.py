@@ -5,7 +5,7 @@ N = 5 frames, levels 45x80, 23x40, 12x20, 6x10 (S = 4820 tokens, all of them que
 the pure-PyTorch fallback, the classic grid_sample formulation, our compiled kernel, on CUDA the Triton kernels,
 and the peer package ``torch_ms_deform_attn`` when installed. Times are medians over --repeat runs after one warm-up.
 
-    .venv/bin/python benchmarks/bench_msda.py --backward --repeat 5 --json
+    .venv/bin/python -m benchmarks.bench_msda --backward --repeat 5 --json
 """
 import argparse
 import json

@@ -31,8 +31,8 @@ transformer, the text encoder and the query conditioner keep the stages, so the 
 outputs do not matter. Without ``--checkpoint`` the untrained model is probed: the frozen pretrained stack of
 ``--weights`` and the trainable parts at their initialisation seeded by ``--seed``.
 
-    python benchmarks/probe_referring.py --weights weight_tiny --data_root data/refshapes --max_videos 20
-    python benchmarks/probe_referring.py --checkpoint outputs/demo/last.pth --weights weight_tiny \\
+    python -m benchmarks.probe_referring --weights weight_tiny --data_root data/refshapes --max_videos 20
+    python -m benchmarks.probe_referring --checkpoint outputs/demo/last.pth --weights weight_tiny \\
         --data_root data/refshapes --json      # last line: {"stages": ..., "chance": ..., "sentences": ..., ...}
 """
 import argparse

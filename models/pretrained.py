@@ -157,7 +157,7 @@ def check_weights_dir(weights_dir) -> None:
                    *lines, "Download them with:",
                    *[f"  {download_command(repo, weights_dir)}" for repo in dict.fromkeys(repos)],
                    "For offline tests and the demo, build a tiny random set with the same layout:",
-                   "  python scripts/make_tiny_weights.py --out DIR"]
+                   "  python -m scripts.make_tiny_weights --out DIR"]
         raise MissingWeightsError("\n".join(message), missing)
     for path in present_json:
         read_json(path)

@@ -2,7 +2,7 @@
 
 Example, with the zips of the MPI site unpacked under data/ref-davis::
 
-    python scripts/convert_davis_to_ytvos.py --davis_root data/ref-davis/DAVIS \\
+    python -m scripts.convert_davis_to_ytvos --davis_root data/ref-davis/DAVIS \\
         --text_root data/ref-davis/davis_text_annotations --out data/ref-davis-ytvos
 
 The sources are copied, never moved; the output folder appears only once the conversion is complete.

@@ -2,7 +2,7 @@
 safely: members with absolute paths, '..' components, links leading outside, hard links or device files make the
 whole archive refused, and a failed extraction leaves the destination as it was (``util/archive.py``).
 
-Usage (from the repository root): python scripts/extract_archives.py DAVIS-2017-trainval-480p.zip --out data/davis
+Usage (from the repository root): python -m scripts.extract_archives DAVIS-2017-trainval-480p.zip --out data/davis
 """
 import argparse
 

@@ -25,7 +25,7 @@ run() {
 
 show_config() {
     if [ "${DRY_RUN:-0}" = 1 ]; then
-        "$PYTHON" scripts/resolve_config.py "$@"
+        "$PYTHON" -m scripts.resolve_config "$@"
     fi
 }
 

@@ -1,9 +1,9 @@
 """Generate RefShapes, the procedural referring-video dataset, in the Ref-YouTube-VOS or the MeViS layout.
 
 Usage (from the repository root):
-    python scripts/make_refshapes.py --out data/refshapes
-    python scripts/make_refshapes.py --out data/refshapes_mevis --format mevis    # + multi-object expressions
-    python scripts/make_refshapes.py --out data/refshapes_refcoco --format refcoco  # still images, RefCOCO json
+    python -m scripts.make_refshapes --out data/refshapes
+    python -m scripts.make_refshapes --out data/refshapes_mevis --format mevis    # + multi-object expressions
+    python -m scripts.make_refshapes --out data/refshapes_refcoco --format refcoco  # still images, RefCOCO json
 """
 import argparse
 import json

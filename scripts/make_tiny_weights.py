@@ -1,6 +1,6 @@
 """Write a tiny, randomly initialised but seeded pretrained set in the layout of ``weight/`` (for tests and the demo).
 
-    python scripts/make_tiny_weights.py --out weight_tiny [--seed 0]
+    python -m scripts.make_tiny_weights --out weight_tiny [--seed 0]
 """
 import argparse
 from pathlib import Path

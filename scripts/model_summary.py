@@ -1,6 +1,6 @@
 """Build HCD from a config and print its parameter counts.
 
-    python scripts/model_summary.py --config configs/ytvos_hcd.yaml --meta
+    python -m scripts.model_summary --config configs/ytvos_hcd.yaml --meta
 
 With ``--meta`` the model is built on the ``meta`` device from the full-size component configs stored in
 ``configs/pretrained`` (no weights needed); without it the pretrained folder named by the config (or

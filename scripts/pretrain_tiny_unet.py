@@ -1,6 +1,6 @@
 """Pretrain the UNet of a tiny weights folder as a text-conditioned video denoiser (see testing/unet_pretraining.py).
 
-    python scripts/pretrain_tiny_unet.py --weights weight_tiny --data_root data/refshapes
+    python -m scripts.pretrain_tiny_unet --weights weight_tiny --data_root data/refshapes
 
 Run it after scripts/pretrain_tiny_vae.py: the latents are those of ``<weights>/vae``. Training clips come from
 the train split only (its videos and referring expressions). The UNet in ``<weights>/unet`` is replaced
@@ -76,7 +76,7 @@ def main() -> None:
         print(f"{unet_dir} is already pretrained ({unet_dir / RECORD}); nothing to do")
         return
     if not (weights / "vae" / RECORD).is_file():
-        print(f"note: {weights / 'vae'} is not pretrained; run scripts/pretrain_tiny_vae.py first for latents "
+        print(f"note: {weights / 'vae'} is not pretrained; run `python -m scripts.pretrain_tiny_vae` first for latents "
               f"that carry the image")
     started = time.time()
     rng = random.Random(args.seed)

@@ -1,6 +1,6 @@
 """Pretrain the VAE of a tiny weights folder on a dataset's training frames (see testing/vae_pretraining.py).
 
-    python scripts/pretrain_tiny_vae.py --weights weight_tiny --data_root data/refshapes --steps 300
+    python -m scripts.pretrain_tiny_vae --weights weight_tiny --data_root data/refshapes --steps 300
 
 A few training videos are held out; the reconstruction PSNR on their frames is printed and recorded. The
 ``scaling_factor`` is set so that the scaled latents have unit variance, as Stable Diffusion's is.

@@ -1,7 +1,7 @@
 """Print the config a run will use: a YAML file, or the config stored with a checkpoint, with main.py's overrides.
 
-    python scripts/resolve_config.py --config configs/ytvos_hcd.yaml --output_dir outputs/x --set train.lr=1e-4
-    python scripts/resolve_config.py --checkpoint outputs/ytvos_hcd/last.pth --data_root data/ref-youtube-vos
+    python -m scripts.resolve_config --config configs/ytvos_hcd.yaml --output_dir outputs/x --set train.lr=1e-4
+    python -m scripts.resolve_config --checkpoint outputs/ytvos_hcd/last.pth --data_root data/ref-youtube-vos
 
 Used by ``scripts/dist_*.sh`` under ``DRY_RUN=1``. A YAML file's ``_base_`` files (``configs/base/``) are merged
 in and the result is checked against the schema (``util/config_schema.py``) and completed with its defaults, as

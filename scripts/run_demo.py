@@ -56,11 +56,13 @@ def options_beyond_paper(config_path: Path) -> dict:
 
 
 def run(command: list[str]) -> str:
-    """Run a project entry point with this interpreter; return its stdout, stop the demo if it fails."""
-    print("$", " ".join(command[1:]), flush=True)
+    """Run a project entry point with this interpreter, from the repository root (where ``-m scripts.<name>``
+    resolves); return its stdout, stop the demo if it fails."""
+    shown = " ".join(["python", *command[1:]])
+    print("$", shown, flush=True)
     result = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        sys.exit(f"demo: `{' '.join(command[1:])}` failed with exit code {result.returncode}")
+        sys.exit(f"demo: `{shown}` failed with exit code {result.returncode}")
     return result.stdout
 
 
@@ -113,7 +115,7 @@ def run_mevis(python: str, args: argparse.Namespace, out: Path, weights: Path) -
     """RefShapes in the MeViS layout: generate (reused), train, infer valid_u, score; {"J", "F", "JF", "expressions"}."""
     data_root = REPO / f"{args.data_root}_mevis"
     if not (data_root / "valid_u").is_dir():
-        run([python, "scripts/make_refshapes.py", "--out", str(data_root), "--videos", str(args.videos),
+        run([python, "-m", "scripts.make_refshapes", "--out", str(data_root), "--videos", str(args.videos),
              "--valid_videos", str(args.valid_videos), "--seed", str(args.seed), "--format", "mevis"])
     train_dir = out / "mevis_train"
     train = [python, "main.py", "--max_steps", str(args.mevis_steps), "--device", args.device]
@@ -156,15 +158,15 @@ def main() -> None:
     stages = StageClock()
 
     if not (weights / "unet").is_dir():
-        run([python, "scripts/make_tiny_weights.py", "--out", str(weights)])
+        run([python, "-m", "scripts.make_tiny_weights", "--out", str(weights)])
     stages.done("tiny_weights")
     if not (data_root / "meta_expressions").is_dir():
-        run([python, "scripts/make_refshapes.py", "--out", str(data_root), "--videos", str(args.videos),
+        run([python, "-m", "scripts.make_refshapes", "--out", str(data_root), "--videos", str(args.videos),
              "--valid_videos", str(args.valid_videos), "--seed", str(args.seed)])
     stages.done("refshapes")
 
     # The tiny components are random; a real VAE is a trained autoencoder, and the features downstream need one.
-    run([python, "scripts/pretrain_tiny_vae.py", "--weights", str(weights), "--data_root", str(data_root),
+    run([python, "-m", "scripts.pretrain_tiny_vae", "--weights", str(weights), "--data_root", str(data_root),
          "--steps", str(args.vae_steps), "--seed", str(args.seed)])
     stages.done("vae_pretraining")
 

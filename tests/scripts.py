@@ -1,17 +1,4 @@
-"""Import a script of ``scripts/`` as a module, for tests of its functions."""
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def load_script(name: str) -> ModuleType:
-    """``scripts/<name>.py`` executed as the module ``name``."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+"""What the one scorer prints, for the tests of the entry points that score (``--score``, ``--eval_only``)."""
 
 
 def scorer_output(argv: list[str]) -> str:

@@ -22,7 +22,7 @@ TRAIN = {
     "dist_train_a2d_hcd.sh": ("configs/a2d_hcd.yaml", 4, "data/a2d_sentences"),
     "dist_train_mevis_hcd.sh": ("configs/mevis_hcd.yaml", 8, "data/mevis"),
 }
-# The keys the paper's scripts set differently from Ref-YouTube-VOS (reference/hcd-architecture.md section 4.3).
+# The keys the paper's released training scripts set differently from its Ref-YouTube-VOS script.
 PAPER_KEYS = {
     "davis_hcd.yaml": {"dataset": "davis", "data_root": "data/ref-davis", "output_dir": "outputs/davis_hcd",
                        "train.epochs": 3, "train.lr": 2.5e-5, "train.lr_drop": [6, 8], "train.batch_size": 1},

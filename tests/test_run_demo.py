@@ -1,11 +1,10 @@
 """The demo driver's report helpers (scripts/run_demo.py): stage clock and the options beyond the paper."""
 from pathlib import Path
 
-from tests.scripts import load_script
+from scripts import run_demo
 from util.config import get_key, load_config, save_config
 
 REPO = Path(__file__).resolve().parents[1]
-run_demo = load_script("run_demo")
 
 
 def test_options_beyond_paper_names_only_what_is_switched_on(tmp_path):

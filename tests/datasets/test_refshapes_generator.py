@@ -21,7 +21,7 @@ from datasets.refshapes import (
     shape_masks,
     video_rng,
 )
-from tests.scripts import load_script
+from scripts import make_refshapes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(num_videos=6, num_valid_videos=3, num_frames=6, size=64)
@@ -240,7 +240,7 @@ def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "scripts/make_refshapes.py", *args], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "scripts.make_refshapes", *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -264,7 +264,7 @@ def test_cli_help_and_small_run_as_a_subprocess(tmp_path):
 ])
 def test_cli_refuses_bad_arguments(tmp_path, capsys, bad, message):
     with pytest.raises(SystemExit) as exited:
-        load_script("make_refshapes").main(["--out", str(tmp_path / "bad"), *bad])
+        make_refshapes.main(["--out", str(tmp_path / "bad"), *bad])
     assert exited.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
@@ -273,5 +273,5 @@ def test_cli_refuses_a_non_empty_output(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit, match="not an empty folder"):
-        load_script("make_refshapes").main(["--out", str(tmp_path / "full"), "--videos", "1", "--size", "32"])
+        make_refshapes.main(["--out", str(tmp_path / "full"), "--videos", "1", "--size", "32"])
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]

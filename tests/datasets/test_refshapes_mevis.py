@@ -117,7 +117,7 @@ def test_group_candidates_on_a_hand_built_scene():
 
 
 def test_cli_writes_the_mevis_layout(tmp_path):
-    done = subprocess.run([sys.executable, "scripts/make_refshapes.py", "--out", str(tmp_path / "m"), "--videos",
+    done = subprocess.run([sys.executable, "-m", "scripts.make_refshapes", "--out", str(tmp_path / "m"), "--videos",
                            "2", "--valid_videos", "1", "--frames", "3", "--size", "32", "--format", "mevis"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -143,7 +143,7 @@ def test_overfitting_one_refshapes_clip(tiny_weights, refshapes_root):
 
 def test_full_size_model_builds_on_meta_with_the_paper_sizes():
     result = subprocess.run(
-        [sys.executable, "scripts/model_summary.py", "--config", "configs/ytvos_hcd.yaml", "--meta"],
+        [sys.executable, "-m", "scripts.model_summary", "--config", "configs/ytvos_hcd.yaml", "--meta"],
         cwd=REPO, capture_output=True, text=True, check=True,
     )
     counts = json.loads(result.stdout.strip().splitlines()[-1])

@@ -14,8 +14,8 @@ from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPModel, CLIPText
 
 from models.pretrained import (MissingWeightsError, build_pretrained_on_meta, check_weights_dir, load_pretrained,
                                parameter_counts)
+from scripts import make_tiny_weights
 from testing.tiny_weights import build_tiny_weights
-from tests.scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAYOUT = {
@@ -152,9 +152,8 @@ def test_roberta_tokenizer_has_roberta_special_tokens(tiny_weights):
 
 
 def test_script_and_seed_give_identical_files(tiny_weights, tmp_path, monkeypatch):
-    script = load_script("make_tiny_weights")
     monkeypatch.setattr(sys, "argv", ["make_tiny_weights.py", "--out", str(tmp_path / "again"), "--seed", "0"])
-    script.main()
+    make_tiny_weights.main()
     again = tmp_path / "again"
     assert sorted(p.relative_to(again) for p in again.rglob("*")) == \
         sorted(p.relative_to(tiny_weights) for p in tiny_weights.rglob("*"))
@@ -200,7 +199,7 @@ def test_missing_files_are_all_listed_with_their_download_commands(tiny_weights,
         in message
     assert f"hf download laion/CLIP-ViT-H-14-laion2B-s32B-b79K --local-dir {weights / 'clip'}" in message
     assert f"huggingface-cli download --resume-download roberta-base --local-dir {weights / 'roberta'}" in message
-    assert "python scripts/make_tiny_weights.py --out DIR" in message
+    assert "python -m scripts.make_tiny_weights --out DIR" in message
 
     with pytest.raises(MissingWeightsError) as caught:
         load_pretrained(tmp_path / "nothing")

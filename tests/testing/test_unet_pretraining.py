@@ -11,9 +11,9 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from models.pretrained import load_pretrained
+from scripts import pretrain_tiny_unet
 from testing.unet_pretraining import (caption_variants, denoising_loss, encode_captions, encode_clips,
                                      pretrain_unet, sample_batch)
-from tests.scripts import load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread beats two on a shared, busy CPU
 
@@ -78,8 +78,7 @@ def test_script_replaces_the_unet_once_and_it_loads(tiny_weights, refshapes_root
     argv = ["pretrain_tiny_unet.py", "--weights", str(weights), "--data_root", str(refshapes_root), "--steps", "2",
             "--clips", "3", "--frames", "2", "--size", "64", "--batch_size", "2", "--max_join", "2"]
     monkeypatch.setattr(sys, "argv", argv)
-    script = load_script("pretrain_tiny_unet")
-    script.main()
+    pretrain_tiny_unet.main()
     record = json.loads((weights / "unet" / "pretraining.json").read_text())
     assert record["steps"] == 2 and record["clips"] == 3 and record["split"] == "train"
     assert record["first_loss"] > 0 and len(record["loss_curve"]) == 2
@@ -87,6 +86,6 @@ def test_script_replaces_the_unet_once_and_it_loads(tiny_weights, refshapes_root
     assert any(not torch.equal(value, before[name]) for name, value in unet.state_dict().items())
 
     files = {path: path.read_bytes() for path in (weights / "unet").iterdir()}
-    script.main()
+    pretrain_tiny_unet.main()
     assert "already pretrained" in capsys.readouterr().out
     assert {path: path.read_bytes() for path in (weights / "unet").iterdir()} == files

@@ -109,9 +109,11 @@ def test_not_an_archive_and_missing_archive(tmp_path):
 def test_script_extracts_and_reports_an_unsafe_archive_in_one_line(tmp_path):
     good = make_zip(tmp_path / "good.zip", {"data/x.txt": b"x"})
     bad = make_tar(tmp_path / "bad.tar", [("../evil", "file", b"x")])
-    script = [sys.executable, str(REPO / "scripts" / "extract_archives.py")]
-    result = subprocess.run(script + [str(good), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    script = [sys.executable, "-m", "scripts.extract_archives"]
+    result = subprocess.run(script + [str(good), "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True,
+                            text=True)
     assert result.returncode == 0 and (tmp_path / "out" / "data" / "x.txt").read_bytes() == b"x"
-    result = subprocess.run(script + [str(bad), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    result = subprocess.run(script + [str(bad), "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True,
+                            text=True)
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and "'..' component" in result.stderr and "Traceback" not in result.stderr
