@@ -56,9 +56,11 @@ def mentions(text: str, folders: set[str]) -> set[str]:
 
 
 def exists(path: str, present: set[str]) -> bool:
+    """Whether ``path`` is a file or folder of ``present``, a module without its ``.py`` (``util/box_ops``), or a
+    pattern that matches one."""
     if "*" in path:
         return any(fnmatch.fnmatch(candidate, path) for candidate in present)
-    return path in present
+    return path in present or f"{path}.py" in present
 
 
 def all_mentions() -> dict[str, list[str]]:
@@ -94,6 +96,9 @@ def test_the_scanner_tells_references_from_run_time_paths():
     commands = ["$(PY) scripts/run_demo.py", '"$PYTHON" scripts/resolve_config.py', "python3 benchmarks/bench_fps.py",
                 '[sys.executable, "scripts/make_refshapes.py"', "python -m scripts.run_demo", "bash scripts/x.sh"]
     assert [bool(DRIVER_BY_PATH.search(command)) for command in commands] == [True] * 4 + [False] * 2
+    present = {"util", "util/box_ops.py", "scripts/dist_train_ytvos_hcd.sh"}
+    assert [exists(path, present) for path in ("util/box_ops", "scripts/dist_*.sh", "util/box_ops.md", "util/x")] == \
+        [True, True, False, False]
 
 
 def test_no_command_runs_a_driver_by_its_path():
