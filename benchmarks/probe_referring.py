@@ -200,19 +200,23 @@ def average_by_object(targets: list[int], features: list[dict]) -> dict[int, dic
     return averaged
 
 
-def end_jaccards(outputs: dict, ids: np.ndarray, targets: list[int], resized: tuple[int, int],
-                 threshold: float) -> list[dict[str, float]]:
-    """Per caption the ``END_KEYS`` J values of a forward pass with every slot refined.
+def slot_masks(outputs: dict, size: tuple[int, int], resized: tuple[int, int], threshold: float) -> np.ndarray:
+    """Every slot's refined mask at the original size, as ``inference.predictor`` thresholds it.
 
-    outputs: the model's outputs for K captions (``pred_masks`` [K, T, Q, Hp, Wp]); ids: the object ids [T, H, W];
-    targets: the K captions' object ids; resized: the (h, w) of the frames before padding. Logits are cropped
-    to ``resized``, upsampled bilinearly to H x W and thresholded as ``inference.predictor`` does.
+    outputs: the model's outputs for K captions with every slot refined (``pred_masks`` [K, T, Q, Hp, Wp]); size: the
+    original (H, W); resized: the (h, w) of the frames before padding. Logits are cropped to ``resized``, upsampled
+    bilinearly to H x W and thresholded -> bool [K, T, Q, H, W].
     """
     logits = outputs["pred_masks"][..., :resized[0], :resized[1]].float()  # [K, T, Q, h, w]
-    probabilities = F.interpolate(logits.flatten(0, 1), size=ids.shape[1:], mode="bilinear",
+    probabilities = F.interpolate(logits.flatten(0, 1), size=size, mode="bilinear",
                                   align_corners=False).sigmoid().unflatten(0, logits.shape[:2])
-    predicted = (probabilities > threshold).cpu().numpy()  # [K, T, Q, H, W]
-    selected = best_query(outputs["pred_logits"]).tolist()  # [K]
+    return (probabilities > threshold).cpu().numpy()
+
+
+def end_jaccards(predicted: np.ndarray, selected: list[int], ids: np.ndarray,
+                 targets: list[int]) -> list[dict[str, float]]:
+    """Per caption the ``END_KEYS`` J values: predicted [K, T, Q, H, W] bool (``slot_masks``), the K slots the
+    model selects (``models.hcd.best_query``), the object ids [T, H, W] and the K captions' object ids."""
     objects = [ids == obj_id for obj_id in np.unique(ids) if obj_id != 0]
     rows = []
     for k, obj_id in enumerate(targets):
@@ -221,6 +225,14 @@ def end_jaccards(outputs: dict, ids: np.ndarray, targets: list[int], resized: tu
         rows.append({"selected_J": float(slots[selected[k]]), "best_slot_J": float(slots.max()),
                      "random_object_J": float(np.mean([jaccard(other, target).mean() for other in objects]))})
     return rows
+
+
+def score_spreads(pred_logits: torch.Tensor) -> dict[str, float | None]:
+    """pred_logits [K, T, Q, 1] of one video's K captions -> the std of a slot's frame-averaged score between the
+    captions (mean over slots; None for one caption) and between the slots of a caption (mean over captions)."""
+    scores = pred_logits.sigmoid().mean(dim=1)[..., 0]  # [K, Q]
+    return {"between_sentences": scores.std(0, correction=0).mean().item() if len(scores) > 1 else None,
+            "between_slots": scores.std(1, correction=0).mean().item()}
 
 
 @torch.inference_mode()
@@ -249,16 +261,15 @@ def probe_video(predictor: Predictor, root: Path, split: str, video: str, entry:
         features = object_features(samples.tensors[0], stages, outputs["pred_masks_low"][k], rows, on_input)
         per_caption.append({name: value.float().cpu() for name, value in features.items()})
 
-    scores = outputs["pred_logits"].sigmoid().mean(dim=1)[..., 0]  # [K, Q] frame-averaged score of each slot
     sentences = {name: value.float().cpu() for name, value in sentence_features(model, stages, captions).items()}
     return VideoProbe(
         objects=[(labels[obj_id].as_dict(), features)
                  for obj_id, features in average_by_object(targets, per_caption).items()],
         sentences=[(sentence_labels(caption), {name: value[k] for name, value in sentences.items()})
                    for k, caption in enumerate(captions)],
-        jaccards=end_jaccards(outputs, ids, targets, resized, predictor.threshold) if score else [],
-        score_std={"between_sentences": scores.std(0, correction=0).mean().item() if len(captions) > 1 else None,
-                   "between_slots": scores.std(1, correction=0).mean().item()},
+        jaccards=end_jaccards(slot_masks(outputs, ids.shape[1:], resized, predictor.threshold),
+                              best_query(outputs["pred_logits"]).tolist(), ids, targets) if score else [],
+        score_std=score_spreads(outputs["pred_logits"]),
     )
 
 
