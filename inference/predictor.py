@@ -244,14 +244,18 @@ class Predictor:
         width, height = frames[0].size
         video, _ = self.transforms(frames, {}, random.Random(0))  # [t, 3, h, w]; the test transforms draw nothing
         resized_h, resized_w = video.shape[-2:]
-        samples = nested_tensor_from_videos([video], self.size_divisibility).to(self.device)
+        # The frames go in at the model's own precision: float32, or float64 for a model converted by .double().
+        dtype = getattr(self.model, "dtype", torch.float32)
+        samples = nested_tensor_from_videos([video.to(dtype)], self.size_divisibility).to(self.device)
         step = self.captions_per_pass or len(sentences)
         chunks = [sentences[start:start + step] for start in range(0, len(sentences), step)]
         # Several chunks: the backbone encodes the clip's frames once for all of them.
         reuse = self.model.backbone.reusing_frames() if len(chunks) > 1 else nullcontext()
         with autocast(self.device, self.amp, INFERENCE_AMP), reuse:
             logits = torch.cat([self.model(samples, chunk)["pred_masks"] for chunk in chunks])
-        logits = logits[:, :, :resized_h, :resized_w].float()  # [K, t, h, w]
+        # float32 from bf16 autocast; float64 stays float64 up to the returned float32 probabilities.
+        logits = logits[:, :, :resized_h, :resized_w]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # [K, t, h, w]
         logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        return logits.sigmoid().cpu().numpy()
+        return logits.sigmoid().float().cpu().numpy()
 

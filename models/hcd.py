@@ -94,6 +94,12 @@ class HCD(nn.Module):
         nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
         transformer.decoder.bbox_embed = self.bbox_embed
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision of the model's own layers: float32, or float64 after ``.double()`` (a numerics check).
+        The frozen encoders may hold theirs lower (``model.backbone.frozen_dtype``)."""
+        return self.query_embed.weight.dtype
+
     def forward(
         self,
         samples: NestedTensor,

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+if "OMP_NUM_THREADS" not in os.environ:  # the CI machines' two cores; OMP_NUM_THREADS=1 runs the suite on one thread
+    torch.set_num_threads(2)
 if not torch.cuda.is_available():
     # Without a GPU the Triton kernels of models.ops run in Triton's interpreter. @triton.jit reads this variable
     # when a function is decorated, triton's own library included, so it must be set before anything imports

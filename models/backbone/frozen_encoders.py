@@ -2,7 +2,8 @@
 
 They never train: their weights have ``requires_grad=False``, they stay in eval mode whatever
 ``train()`` asks, and they run under ``torch.no_grad``. They may hold their weights in a lower
-precision (``frozen_dtype``, e.g. bf16 on GPU); their outputs are always returned in fp32.
+precision (``frozen_dtype``, e.g. bf16 on GPU); their outputs are returned in fp32 (fp64 when the weights are fp64,
+so that a whole model converted with ``.double()`` computes in fp64).
 """
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,11 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def _channel_vector(values: tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=like.dtype, device=like.device).view(3, 1, 1)
+
+
+def at_least_float32(features: torch.Tensor) -> torch.Tensor:
+    """``features`` in fp32 when held in a lower precision, unchanged in fp32 or fp64."""
+    return features.to(torch.promote_types(features.dtype, torch.float32))
 
 
 def imagenet_to_unit(frames: torch.Tensor) -> torch.Tensor:
@@ -94,7 +100,7 @@ class FrozenEncoders(nn.Module):
         """
         posterior = self.vae.encode((frames * 2.0 - 1.0).to(self.dtype)).latent_dist
         latents = posterior.sample() if self.sample_posterior else posterior.mean
-        return (latents * self.latent_scale).float()
+        return at_least_float32(latents * self.latent_scale)
 
     @torch.no_grad()
     def encode_images(self, frames: torch.Tensor) -> torch.Tensor:
@@ -103,7 +109,7 @@ class FrozenEncoders(nn.Module):
         frames: [N, 3, H, W] in [0, 1]  ->  [N, N_img, Dv]  (257 × 1280 for CLIP-H at 224)
         """
         pixels = clip_pixel_values(frames, self.clip_image_size).to(self.dtype)
-        return self.clip_vision.vision_model(pixel_values=pixels).last_hidden_state.float()
+        return at_least_float32(self.clip_vision.vision_model(pixel_values=pixels).last_hidden_state)
 
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
@@ -114,4 +120,4 @@ class FrozenEncoders(nn.Module):
         tokens = self.clip_tokenizer(captions, padding="max_length", max_length=self.text_length,
                                      truncation=True, return_tensors="pt")
         device = next(self.clip_text.parameters()).device
-        return self.clip_text(input_ids=tokens.input_ids.to(device)).last_hidden_state.float()
+        return at_least_float32(self.clip_text(input_ids=tokens.input_ids.to(device)).last_hidden_state)
