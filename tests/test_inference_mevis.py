@@ -23,6 +23,7 @@ from inference.predictor import Predictor
 from models.pretrained import load_pretrained
 from testing.mevis_reference_loop import evaluate_mevis_loop
 from testing.mevis_tree import write_predictions
+from tests.cli_help import assert_help_explains_every_flag
 from util.config import load_config
 from util.mask_rle import rle_to_mask
 from inference.writers import check_zip, expected_masks
@@ -176,7 +177,6 @@ def test_short_training_then_eval_and_inference_agree(mevis_root, tiny_weights, 
     scored = score(tmp_path / "pred", mevis_root)
     for key in ("J", "F", "JF", "expressions"):
         assert scored[key] == pytest.approx(evaluated[key], abs=1e-12), key
-    assert 0.0 <= scored["JF"] <= 1.0
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -192,9 +192,8 @@ def test_command_line_errors(argv, message, capsys):
     assert exited.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_every_flag_has_help():
-    for action in inference_mevis.build_parser()._actions:
-        assert action.help and len(action.help) > 10, action.dest
+def test_every_flag_has_help(capsys):
+    assert_help_explains_every_flag(inference_mevis.build_parser(), capsys)
 
 
 def test_evaluate_py_protocol_mevis_prints_what_score_prints(valid_u_run, mevis_root):

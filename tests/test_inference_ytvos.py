@@ -15,6 +15,7 @@ import inference_ytvos
 from datasets import load_frames
 from inference.predictor import Predictor
 from inference.writers import mask_png_bytes
+from tests.cli_help import assert_help_explains_every_flag
 from util.config import load_config, save_config
 
 
@@ -208,9 +209,8 @@ def test_config_flag_replaces_the_stored_config(tiny_model_dir, tmp_path):
              "--output_dir", str(tmp_path / "out")])
 
 
-def test_every_flag_has_help():
-    for action in inference_ytvos.build_parser()._actions:
-        assert action.help and len(action.help) > 10, action.dest
+def test_every_flag_has_help(capsys):
+    assert_help_explains_every_flag(inference_ytvos.build_parser(), capsys)
 
 
 def test_evaluate_py_protocol_ytvos_prints_what_score_prints(refshapes_root, tmp_path):

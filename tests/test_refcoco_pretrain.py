@@ -36,7 +36,6 @@ def test_refcoco_pretraining_then_init_from_fine_tuning(tmp_path, refshapes_root
     scores = json.loads((pretrain / "eval_refcoco.json").read_text())["refcoco"]
     val = json.loads((refcoco / "refcoco" / "instances_refcoco_val.json").read_text())
     assert scores["samples"] == len(val["images"]) > 0
-    assert 0.0 <= scores["oIoU"] <= 1.0 and 0.0 <= scores["mIoU"] <= 1.0
 
     assert main.main(["--config", str(REPO / "configs" / "refshapes_tiny.yaml"), "--data_root", str(refshapes_root),
                       "--weights", str(tiny_weights), "--output_dir", str(finetune),

@@ -10,6 +10,7 @@ import yaml
 
 import main
 from tests import train_standins
+from tests.cli_help import assert_help_explains_every_flag
 from util.checkpoint import load_checkpoint, trainable_state_dict
 from util.config import ConfigError, load_config
 
@@ -196,7 +197,7 @@ def test_cli_explains_every_flag_and_needs_one_of_config_or_resume(capsys):
     assert {"--config", "--data_root", "--weights", "--output_dir", "--epochs", "--max_steps", "--batch_size",
             "--lr", "--device", "--amp", "--seed", "--checkpoint_every", "--resume", "--eval", "--num_workers",
             "--set"} <= flags
-    assert all(action.help for action in parser._actions)
+    assert_help_explains_every_flag(parser, capsys)
     with pytest.raises(SystemExit):
         main.main([])
     assert "give --config (a new run" in capsys.readouterr().err

@@ -148,7 +148,8 @@ def test_ladder_json_on_a_tiny_run(refshapes_root, tiny_weights, small_config):
         assert all(v is None or -1 <= v <= 1 for v in row.values())
     end = result["end"]
     assert 0 <= end["selected_J"] <= end["best_slot_J"] <= 1
-    assert end["score_std_between_sentences"] >= 0 and end["score_std_between_slots"] > 0
+    # Scores that depend on the sentence: a text path cut anywhere gives every sentence of a clip the same scores.
+    assert end["score_std_between_sentences"] > 0 and end["score_std_between_slots"] > 0
     assert end["random_object_J"] == pytest.approx(expected_random_object_j(refshapes_root, 2))
 
 
