@@ -11,7 +11,6 @@ import warnings
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 
 from models.position_encoding import PositionEmbeddingSine1D
 from util.errors import UserInputError
@@ -93,12 +92,11 @@ class TextEncoder(nn.Module):
             if len(row) > self.max_length:
                 warnings.warn(f"The caption {caption!r} has {len(row)} RoBERTa tokens; only the first "
                               f"{self.max_length} (model.text.max_length) are used.")
-        ids = [torch.tensor(row if len(row) <= self.max_length else row[:self.max_length - 1] + row[-1:])
-               for row in rows]
-        lengths = torch.tensor([len(row) for row in ids])
-        input_ids = pad_sequence(ids, batch_first=True, padding_value=self.tokenizer.pad_token_id)
-        attention_mask = (torch.arange(input_ids.shape[1])[None] < lengths[:, None]).long()
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        rows = [row if len(row) <= self.max_length else row[:self.max_length - 1] + row[-1:] for row in rows]
+        longest = max(len(row) for row in rows)
+        pad_id = self.tokenizer.pad_token_id
+        return {"input_ids": torch.tensor([row + [pad_id] * (longest - len(row)) for row in rows]),
+                "attention_mask": torch.tensor([[1] * len(row) + [0] * (longest - len(row)) for row in rows])}
 
 
 class VisionLanguageFusion(nn.Module):

@@ -10,9 +10,10 @@ from PIL import Image
 
 from datasets import build_dataset, load_frames, read_meta_expressions
 from datasets.errors import DatasetFormatError
-from datasets.transforms_video import Check, Compose, Normalize, ToTensor, make_train_transforms
+from datasets.transforms_video import (Check, Compose, Normalize, RandomHorizontalFlip, ToTensor,
+                                       make_train_transforms)
 from datasets.ytvos import YTVOSClips, YTVOSVideos, sample_clip_indices
-from util.box_ops import box_xyxy_to_cxcywh
+from util.box_ops import box_xyxy_to_cxcywh, masks_to_boxes
 from util.config import load_config
 from util.nested_tensor import collate_clips
 
@@ -343,6 +344,32 @@ def test_sentences_per_clip_share_frames_and_augmentation(mini_ytvos):
     samples, captions, batch_targets = collate_clips([dataset[0], dataset[2]], size_divisibility=32)
     assert samples.tensors.shape[0] == 2 and len(captions) == 4 == len(batch_targets)
     assert [t["video"] for t in batch_targets] == ["vid_a", "vid_a", "vid_b", "vid_b"]  # grouped by clip
+
+
+def test_sentences_per_clip_go_through_the_transforms_once(mini_ytvos):
+    mirror = Compose([RandomHorizontalFlip(p=1.0), Check(), ToTensor(), Normalize()])
+    captions_seen = []
+
+    def transforms(frames, target, rng):
+        captions_seen.append(target["caption"])
+        return mirror(frames, target, rng)
+
+    dataset = YTVOSClips(mini_ytvos, "train", 3, max_skip=2, reverse_prob=0.0, transforms=transforms, seed=0,
+                         sentences_per_clip=2)
+    frames, targets = dataset[0]  # vid_a, anchor 0: both of its expressions
+    assert len(captions_seen) == 1
+    by_id = {target["exp_id"]: target for target in targets}
+    assert by_id["0"]["caption"] == "the right dog" and by_id["1"]["caption"] == "the cat"  # both mirrored
+    assert by_id["1"]["kind"] == "appearance" and by_id["0"]["kind"] == ""
+    indices = [NAMES_A.index(name) for name in targets[0]["frames"]]
+    assert frame_indices(frames) == indices
+    for exp_id, obj_id in (("0", 1), ("1", 2)):
+        target = by_id[exp_id]
+        expected = torch.stack([torch.from_numpy(ids_vid_a(i) == obj_id).flip(-1) for i in indices]).float()
+        assert torch.equal(target["masks"], expected)
+        assert target["valid"].tolist() == expected.flatten(1).any(1).long().tolist()
+        scale = torch.tensor([W, H, W, H], dtype=torch.float32)
+        torch.testing.assert_close(target["boxes"], box_xyxy_to_cxcywh(masks_to_boxes(expected)) / scale)
 
 
 def test_one_sentence_per_clip_is_the_plain_item(mini_ytvos):

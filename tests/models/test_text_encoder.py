@@ -1,5 +1,6 @@
 """TextEncoder (frozen tiny RoBERTa), QueryConditioner and VisionLanguageFusion."""
 import warnings
+from unittest import mock
 
 import pytest
 import torch
@@ -77,6 +78,21 @@ def test_truncation_warns_once_naming_the_sentence(roberta_parts):
         warnings.simplefilter("always")
         encoder(["the red circle"], CPU)
     assert caught == []
+
+
+def test_one_tokenizer_pass_gives_the_tokenizers_own_truncation_and_padding(roberta_parts):
+    roberta, tokenizer = roberta_parts
+    counting = mock.Mock(wraps=tokenizer, pad_token_id=tokenizer.pad_token_id)
+    encoder = TextEncoder(roberta, counting, hidden_dim=HIDDEN, max_length=6, dropout=0.0)
+    captions = ["the red circle", "the big purple diamond that moves upwards next to the grey box", "a"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the long caption's truncation warning: tested above
+        tokens = encoder.tokenize(captions)
+    expected = tokenizer(captions, padding="longest", truncation=True, max_length=6, return_tensors="pt")
+    assert counting.call_count == 1
+    assert torch.equal(tokens["input_ids"], expected["input_ids"])
+    assert torch.equal(tokens["attention_mask"], expected["attention_mask"])
+    assert tokens["input_ids"].shape == (3, 6)  # the long one was cut, the others padded to it
 
 
 def test_empty_caption_is_an_error(roberta_parts):
