@@ -2,10 +2,11 @@
 
 Backends, chosen per call from the tensors' device:
 
-- CUDA tensors: the CUDA extension (``src/cuda``) when it is installed (``cd models/ops && python setup.py build
-  install``) or compiles on first use (needs nvcc); else the Triton kernels (:mod:`models.ops.triton_impl`, no
-  compile step: Triton ships with CUDA builds of torch) when they pass a one-off self-check on the device; else
-  pure PyTorch.
+- CUDA tensors: the available ones among the CUDA extension (``src/cuda``; installed with ``cd models/ops && python
+  setup.py build install``, or compiled on first use when nvcc is found) and the Triton kernels
+  (:mod:`models.ops.triton_impl`, no compile step: Triton ships with CUDA builds of torch; used once they pass a
+  one-off self-check on the device). With both, the first call of each shape family on a device times the two and
+  later calls of the family take the faster (:mod:`models.ops.backend_choice`). With neither, pure PyTorch.
 - CPU tensors: our C++ kernel (``src/cpu/ms_deform_attn_cpu.cpp``, parallel over queries and heads), compiled on
   first use with ``torch.utils.cpp_extension.load`` and cached; if no compiler is available, pure PyTorch
   with a single warning.
@@ -19,23 +20,45 @@ The environment variable ``HCD_MSDA_BACKEND`` overrides the choice:
 - ``triton``: always the Triton kernels; raises RuntimeError if Triton is not installed. They run on CUDA tensors,
   and on CPU tensors only in Triton's interpreter (``TRITON_INTERPRET=1`` set before the first import).
 
-Every backend computes in float32 (float64 stays float64), returns the dtype of ``value``, has no
-``im2col_step`` limit on the batch and supports autograd (first order).
+Precision: every backend computes in float32 (float64 stays float64) and returns the dtype of ``value``. The Triton
+kernels read float16/bfloat16 ``value`` and ``attention_weights`` as they are, so a bf16 value (the projection's
+output under autocast) is not first copied to float32 in memory; sampling locations always reach them in float32
+at least (a bf16 location is off by up to 2^-9 of the map, a third of a pixel on a 160-wide level). The CUDA
+extension and the CPU kernels take float32/float64 only (their kernels accumulate in the input type), so the
+dispatcher casts for them. No backend has an ``im2col_step`` limit on the batch; all support autograd (first
+order).
 """
 import contextlib
-import functools
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
 
-from models.ops import kernels
+from models.ops import backend_choice, kernels
 from models.ops.pytorch_impl import ms_deform_attn_pytorch
 
 BACKEND_ENV = "HCD_MSDA_BACKEND"
 BACKENDS = ("auto", "pytorch", "cpp", "triton")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
+@dataclass(frozen=True)
+class Backend:
+    """One implementation with ``ms_deform_attn``'s signature; ``reads_half``: it takes float16/bfloat16 value and
+    attention weights directly."""
+
+    name: str
+    function: Callable
+    reads_half: bool = False
+
+
+PYTORCH = Backend("pytorch", ms_deform_attn_pytorch)
+_FASTEST = backend_choice.FastestBackend()
+
+
+@torch.compiler.disable  # the dispatch reads the environment and may time backends: never part of a graph
 def ms_deform_attn(
     value: torch.Tensor,
     spatial_shapes: torch.Tensor,
@@ -57,21 +80,66 @@ def ms_deform_attn(
         [N, Lq, M*D] in ``value``'s dtype: sum over levels and points of weight * bilinear sample.
     """
     check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-    out_dtype = value.dtype
-    compute_dtype = torch.float64 if value.dtype == torch.float64 else torch.float32
     device = value.device
-    value, sampling_locations, attention_weights = (
-        t.to(compute_dtype).contiguous() for t in (value, sampling_locations, attention_weights))
-    spatial_shapes = spatial_shapes.to(device=device, dtype=torch.long).contiguous()
-    level_start_index = level_start_index.to(device=device, dtype=torch.long).contiguous()
-
-    # Under autocast the pure path's matmuls would silently drop to fp16/bf16: keep them in compute_dtype.
+    inputs = [value, spatial_shapes.to(device=device, dtype=torch.long).contiguous(),
+              level_start_index.to(device=device, dtype=torch.long).contiguous(), sampling_locations,
+              attention_weights]
+    # Under autocast the pure path's matmuls would silently drop to fp16/bf16: keep them in the compute dtype.
     no_autocast = (torch.autocast(device_type=device.type, enabled=False)
                    if torch.amp.is_autocast_available(device.type) else contextlib.nullcontext())
     with no_autocast:
-        out = implementation(device)(value, spatial_shapes, level_start_index, sampling_locations,
-                                     attention_weights)
-    return out.to(out_dtype)
+        return run(choose(available_backends(device), inputs), inputs)
+
+
+def run(backend: Backend, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """``backend`` on ``inputs`` (value, shapes, starts, locations, weights) in the dtypes it takes -> [N, Lq, M*D]
+    in value's dtype."""
+    value, shapes, starts, locations, weights = inputs
+    out_dtype = value.dtype
+    value, locations, weights = backend_inputs(backend, value, locations, weights)
+    return backend.function(value, shapes, starts, locations, weights).to(out_dtype)
+
+
+def backend_inputs(backend: Backend, value: torch.Tensor, locations: torch.Tensor,
+                   weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(value, locations, weights) contiguous, in the dtypes ``backend`` computes from (module docstring)."""
+    compute = torch.float64 if value.dtype == torch.float64 else torch.float32
+    if backend.reads_half:
+        # A float32 weight is passed as it is too: casting it down would cost more memory traffic than it saves.
+        return (value.contiguous(), locations.to(torch.promote_types(locations.dtype, torch.float32)).contiguous(),
+                weights.contiguous())
+    return value.to(compute).contiguous(), locations.to(compute).contiguous(), weights.to(compute).contiguous()
+
+
+def choose(candidates: list[Backend], inputs: list[torch.Tensor]) -> Backend:
+    """The only candidate, or the fastest on this call's shape family (timed on ``inputs`` the first time)."""
+    if len(candidates) == 1:
+        return candidates[0]
+    value, _, _, locations, weights = inputs
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (value, locations, weights))
+    by_name = {backend.name: backend for backend in candidates}
+
+    def measure(name: str) -> float:
+        return time_backend(by_name[name], inputs, needs_grad)
+
+    key = backend_choice.shape_family(value, locations, weights, needs_grad)
+    return by_name[_FASTEST.choose(key, tuple(by_name), measure)]
+
+
+def time_backend(backend: Backend, inputs: list[torch.Tensor], needs_grad: bool) -> float:
+    """Seconds of one call of ``backend`` on ``inputs`` (forward, and backward when ``needs_grad``)."""
+    if needs_grad:
+        call = backend_choice.forward_and_backward(lambda *args: run(backend, list(args)), inputs)
+    else:
+        def call():
+            with torch.no_grad():
+                run(backend, inputs)
+    return backend_choice.time_call(call, inputs[0].device)
+
+
+def chosen_backends() -> dict[str, str]:
+    """The choices ``auto`` has made by timing so far: {shape family as text: backend name}."""
+    return {str(key): name for key, name in _FASTEST.choices.items()}
 
 
 def selected_backend() -> str:
@@ -83,28 +151,40 @@ def selected_backend() -> str:
     return backend
 
 
-def implementation(device: torch.device):
-    """The function with ``ms_deform_attn``'s signature that the backend choice gives for ``device``."""
-    backend = selected_backend()
-    if backend == "pytorch":
-        return ms_deform_attn_pytorch
-    if backend == "triton":
+def available_backends(device: torch.device) -> list[Backend]:
+    """The backends ``HCD_MSDA_BACKEND`` allows for tensors on ``device``, Triton first where both GPU backends
+    are there (it was the faster on the one GPU measured; the timing decides)."""
+    selected = selected_backend()
+    if selected == "pytorch":
+        return [PYTORCH]
+    if selected == "triton":
         triton_impl = kernels.triton_module()
         if triton_impl is None:
             raise RuntimeError(f"{BACKEND_ENV}=triton but Triton is not installed: `pip install triton` (it comes "
                                f"with CUDA builds of torch), or set {BACKEND_ENV}=auto.")
-        return triton_impl.ms_deform_attn_triton
+        return [Backend("triton", triton_impl.ms_deform_attn_triton, reads_half=True)]
     kernel = {"cuda": kernels.cuda_kernel, "cpu": kernels.cpu_kernel}.get(device.type, lambda: None)()
-    if kernel is not None:
-        return functools.partial(_CompiledMSDeformAttn.apply, kernel)
-    if backend == "cpp":
-        hint = ("build it with `cd models/ops && python setup.py build install`" if device.type == "cuda"
-                else "see the warning above for why it did not compile")
-        raise RuntimeError(f"{BACKEND_ENV}=cpp but no compiled multi-scale deformable attention kernel is "
-                           f"available for {device.type} tensors: {hint}, or set {BACKEND_ENV}=auto.")
+    compiled = [] if kernel is None else [compiled_backend(kernel, device)]
+    if selected == "cpp":
+        if not compiled:
+            hint = ("build it with `cd models/ops && python setup.py build install`" if device.type == "cuda"
+                    else "see the warning above for why it did not compile")
+            raise RuntimeError(f"{BACKEND_ENV}=cpp but no compiled multi-scale deformable attention kernel is "
+                               f"available for {device.type} tensors: {hint}, or set {BACKEND_ENV}=auto.")
+        return compiled
     if device.type == "cuda" and kernels.triton_works_on(device):
-        return kernels.triton_module().ms_deform_attn_triton
-    return ms_deform_attn_pytorch
+        compiled.insert(0, Backend("triton", kernels.triton_module().ms_deform_attn_triton, reads_half=True))
+    return compiled or [PYTORCH]
+
+
+def compiled_backend(kernel, device: torch.device) -> Backend:
+    """The CUDA extension or the C++ CPU kernel as a backend."""
+    name = "cuda_extension" if device.type == "cuda" else "cpp_cpu"
+
+    def function(*inputs):
+        return _CompiledMSDeformAttn.apply(kernel, *inputs)
+
+    return Backend(name, function)
 
 
 class _CompiledMSDeformAttn(torch.autograd.Function):

@@ -114,35 +114,44 @@ def test_no_queries_gives_an_empty_output():
     assert out.shape == (2, 0, 6)
 
 
-def test_forced_backend_runs_the_triton_kernels_through_ms_deform_attn(monkeypatch):
+def test_forced_backend_reads_bf16_value_and_weights_and_float32_locations(monkeypatch):
+    """The dispatcher hands Triton bf16 value and weights as they are (no float32 copy) and the locations in
+    float32. The values are those of float64 arithmetic on the bf16-rounded inputs up to two roundings: the float32
+    accumulation of the L * P * 4 = 24 bilinear terms (each below 1 here: 24 * 2^-24 < 2e-6) and the output's
+    conversion to bf16 (8 significant bits): at most one unit in the last place, 2^-7 of the value (compiled Triton
+    rounds to nearest, half of that; its interpreter truncates)."""
     calls, real = [], triton_impl._forward
 
-    def spy(value, *args):
-        calls.append(value.dtype)
-        return real(value, *args)
+    def spy(value, shapes, starts, locations, weights):
+        calls.append((value.dtype, locations.dtype, weights.dtype))
+        return real(value, shapes, starts, locations, weights)
 
     monkeypatch.setattr(triton_impl, "_forward", spy)
     monkeypatch.setenv(BACKEND_ENV, "triton")
-    inputs = make_inputs(n=1, lq=3, m=2, d=4, p=2, shapes=LEVELS, seed=12, dtype=torch.float32)
-    out = ms_deform_attn(*[t.to(torch.bfloat16) if t.is_floating_point() else t for t in on_device(inputs)])
-    assert calls == [torch.float32] and out.dtype == torch.bfloat16  # the dispatcher computes in float32
-    torch.testing.assert_close(out.cpu().float(), loop_reference(*inputs).float(), rtol=2e-2, atol=2e-2)
+    value, shapes, starts, locations, weights = make_inputs(n=1, lq=3, m=2, d=4, p=2, shapes=LEVELS, seed=12,
+                                                            dtype=torch.float32)
+    half = [t.to(torch.bfloat16) for t in (value, locations, weights)]
+    out = ms_deform_attn(*on_device([half[0], shapes, starts, half[1], half[2]]))
+    assert calls == [(torch.bfloat16, torch.float32, torch.bfloat16)] and out.dtype == torch.bfloat16
+    expected = loop_reference(half[0].double(), shapes, starts, half[1].double(), half[2].double())
+    assert (out.cpu().double() - expected).abs().le(2.0 ** -7 * expected.abs() + 2e-6).all()
 
 
-def test_cuda_dispatch_order_extension_then_triton_then_pytorch(monkeypatch):
-    """On CUDA tensors: the extension when there is one, else Triton when it passes its check, else PyTorch."""
+def test_cuda_backends_in_preference_order(monkeypatch):
+    """On CUDA tensors auto offers Triton (when it passes its check) and the extension (when there is one), which
+    the first call of a shape family then times; with neither, pure PyTorch."""
     cuda = torch.device("cuda")
     monkeypatch.setenv(BACKEND_ENV, "auto")
-    extension = object()
-    monkeypatch.setattr(kernels, "cuda_kernel", lambda: extension)
-    assert ms_deform_attn_function.implementation(cuda).args == (extension,)
-    monkeypatch.setattr(kernels, "cuda_kernel", lambda: None)
-    monkeypatch.setattr(kernels, "triton_works_on", lambda device: True)
-    assert ms_deform_attn_function.implementation(cuda) is ms_deform_attn_triton
-    monkeypatch.setattr(kernels, "triton_works_on", lambda device: False)
-    assert ms_deform_attn_function.implementation(cuda) is ms_deform_attn_pytorch
+    for extension, triton_works, expected in ((object(), True, ["triton", "cuda_extension"]),
+                                              (object(), False, ["cuda_extension"]),
+                                              (None, True, ["triton"]), (None, False, ["pytorch"])):
+        monkeypatch.setattr(kernels, "cuda_kernel", lambda extension=extension: extension)
+        monkeypatch.setattr(kernels, "triton_works_on", lambda device, works=triton_works: works)
+        backends = ms_deform_attn_function.available_backends(cuda)
+        assert [backend.name for backend in backends] == expected
+        assert [backend.reads_half for backend in backends] == [name == "triton" for name in expected]
     # On CPU tensors auto never takes Triton (the interpreter is for tests only).
-    assert ms_deform_attn_function.implementation(torch.device("cpu")) is not ms_deform_attn_triton
+    assert ms_deform_attn_function.available_backends(torch.device("cpu"))[0].name in ("cpp_cpu", "pytorch")
 
 
 def test_self_check_accepts_working_kernels_and_rejects_failing_ones(monkeypatch):
