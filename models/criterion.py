@@ -9,8 +9,6 @@ from models.losses import dice_loss, sigmoid_focal_loss
 from models.matcher import SingleTargetMatcher, build_matcher
 from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
-STAND_IN_BOX = torch.tensor([0.5, 0.5, 1.0, 1.0])  # cxcywh: the whole image, for frames the box losses leave out
-
 # Loss name -> key of cfg["loss"] holding its weight. Mask and dice weights apply at both resolutions.
 LOSS_WEIGHT_KEYS = {
     "loss_ce": "cls",
@@ -88,12 +86,12 @@ class SetCriterion(nn.Module):
         loss_ce = sigmoid_focal_loss(logits, is_target[..., None], self.focal_alpha, self.focal_gamma).sum()
 
         box_frames = torch.ones_like(valid) if self.box_loss_on_invalid_frames else valid
-        # Frames left out compare a stand-in box with itself (L1 0, GIoU exactly 1) rather than being indexed away:
-        # boolean indexing would wait for the device to count them, and their own boxes may be empty, whose NaN
-        # GIoU would reach the gradients even under a zero weight.
+        # Frames left out compare a stand-in box, cxcywh (0.5, 0.5, 0.5, 0.5), with itself (L1 0, GIoU exactly 1)
+        # rather than being indexed away: boolean indexing would wait for the device to count them, and their own
+        # boxes may be empty, whose NaN GIoU would reach the gradients even under a zero weight.
         keep = box_frames[..., None]  # [B, T, 1]
-        boxes = torch.where(keep, outputs["pred_boxes"].float()[batch, :, selected], STAND_IN_BOX)  # [B, T, 4]
-        target_boxes = torch.where(keep, targets.boxes, STAND_IN_BOX)
+        boxes = torch.where(keep, outputs["pred_boxes"].float()[batch, :, selected], 0.5)  # [B, T, 4]
+        target_boxes = torch.where(keep, targets.boxes, 0.5)
         loss_bbox = (boxes - target_boxes).abs().sum()
         giou = generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target_boxes))  # [B, T]
         loss_giou = (1 - giou).sum()

@@ -17,6 +17,7 @@ from einops import rearrange
 from torch import nn
 
 from models.ops import MSDeformAttn
+from util.host_to_device import to_device
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -83,8 +84,8 @@ class DeformableTransformer(nn.Module):
         # once per forward, so that no layer has to read a device tensor back (a wait for the device).
         sizes = [(src.shape[-2], src.shape[-1]) for src in srcs]
         starts = [0] + list(itertools.accumulate(height * width for height, width in sizes))[:-1]
-        spatial_shapes = to_device([list(size) for size in sizes], srcs[0].device)  # long [L, 2]
-        level_start_index = to_device(starts, srcs[0].device)  # long [L]
+        spatial_shapes = to_device(torch.tensor(sizes), srcs[0].device)  # long [L, 2]
+        level_start_index = to_device(torch.tensor(starts), srcs[0].device)  # long [L]
         levels = LevelShapes(sizes, spatial_shapes, level_start_index)
         valid_ratios = torch.stack([valid_ratio(mask) for mask in masks], dim=1)  # [N, L, 2]
         src_flatten = torch.cat([rearrange(src, "n c h w -> n (h w) c") for src in srcs], dim=1)  # [N, S, C]
@@ -114,14 +115,6 @@ class LevelShapes(NamedTuple):
     sizes: list[tuple[int, int]]
     spatial_shapes: torch.Tensor
     level_start_index: torch.Tensor
-
-
-def to_device(values: list, device: torch.device) -> torch.Tensor:
-    """A long tensor of ``values`` on ``device``, copied from pinned memory without waiting for the device."""
-    tensor = torch.tensor(values, dtype=torch.long)
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
 
 
 def valid_ratio(mask: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from torch import nn
 
 from models.position_encoding import PositionEmbeddingSine1D
 from util.errors import UserInputError
+from util.host_to_device import to_device
 
 
 class FeatureResizer(nn.Module):
@@ -73,7 +74,7 @@ class TextEncoder(nn.Module):
                 raise ValueError(f"Caption {index} of the batch is empty ({caption!r}); every referring "
                                  "expression needs at least one word. Check the expression in the dataset's "
                                  "meta_expressions.json.")
-        tokens = {name: value.to(device) for name, value in self.tokenize(captions).items()}
+        tokens = {name: to_device(value, device) for name, value in self.tokenize(captions).items()}
         with torch.no_grad():
             words = self.roberta(**tokens).last_hidden_state  # [B, L, 768]
         padding_mask = tokens["attention_mask"] != 1

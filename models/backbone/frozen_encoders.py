@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from util.errors import UserInputError
+from util.host_to_device import to_device
 from util.imagenet import IMAGENET_MEAN, IMAGENET_STD  # the normalisation the frames arrive in
 
 # Both the OpenAI CLIP and the laion CLIP-H preprocessors use these constants.
@@ -120,4 +121,4 @@ class FrozenEncoders(nn.Module):
         tokens = self.clip_tokenizer(captions, padding="max_length", max_length=self.text_length,
                                      truncation=True, return_tensors="pt")
         device = next(self.clip_text.parameters()).device
-        return at_least_float32(self.clip_text(input_ids=tokens.input_ids.to(device)).last_hidden_state)
+        return at_least_float32(self.clip_text(input_ids=to_device(tokens.input_ids, device)).last_hidden_state)
