@@ -67,6 +67,7 @@ def train_one_epoch(
     log_every: int = 20,
     train_log: TrainLog | None = None,
     on_step: Callable[[int, int], bool | None] | None = None,
+    thread_governor: ThreadGovernor | None = None,
 ) -> EpochResult:
     """Train on every batch of ``loader`` (or until ``step`` reaches ``max_steps``).
 
@@ -76,8 +77,9 @@ def train_one_epoch(
     ``"bf16"`` (autocast) or ``"fp16"`` (autocast with ``scaler``). Gradients of the trainable parameters are
     clipped to norm ``clip_max_norm`` (0 = no clipping).
 
-    On CPU the intra-op thread count follows the cores that other processes leave free
-    (``util.cpu_threads.ThreadGovernor``), so that a competing process slows training proportionally.
+    ``thread_governor`` (``util.cpu_threads.ThreadGovernor``; None: the thread count stays as it is) updates the
+    CPU thread count before each step to the cores that other processes leave free, so that a competing process
+    slows training proportionally, at the price of bit-exact reproducibility (reductions depend on the count).
 
     ``step`` counts optimizer steps before this epoch. After each step ``on_step(step, batches_done)`` runs
     (on every rank: it may hold collectives such as checkpointing); a true result ends the epoch there (a
@@ -99,10 +101,9 @@ def train_one_epoch(
     progress = tqdm(loader, total=len(loader), desc=f"epoch {epoch}", disable=not is_main_process(),
                     dynamic_ncols=True)
     batches = 0
-    governor = ThreadGovernor() if device.type == "cpu" else None
     for samples, captions, targets in progress:
-        if governor is not None:
-            governor.update()
+        if thread_governor is not None:
+            thread_governor.update()
         samples = samples.to(device, non_blocking=True)
         targets = targets_to(targets, device)
         with autocast(device, amp):

@@ -35,6 +35,7 @@ from util.atomic_write import write_folder
 from util.cli import exit_on_user_error, resolve_device
 from util.davis_palette import palette_png_bytes
 from util.distributed import INFERENCE_TIMEOUT, process_group
+from util.graceful_stop import GracefulStop
 
 BACKGROUND_SCORE = 0.1
 
@@ -69,7 +70,9 @@ def object_ids(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 def run_inference(args: argparse.Namespace) -> bool:
     """Write the palette PNGs of every annotator to ``<output_dir>/anno_<a>``; under torchrun each rank writes
     its share of the videos. True on rank 0 once all are written (it then scores them), False on the others."""
-    with process_group(resolve_device(args.device), INFERENCE_TIMEOUT) as rank:
+    # SIGTERM / SIGINT (also sent to the whole job) raise SystemExit(128 + signal) at once: the video in progress
+    # removes its staging folder, finished ones stay; the same command resumes (one process: with --skip_existing).
+    with GracefulStop(exit_at_once=True), process_group(resolve_device(args.device), INFERENCE_TIMEOUT) as rank:
         return _run_inference(args, rank)
 
 

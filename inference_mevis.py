@@ -37,6 +37,7 @@ from metrics.protocols import score
 from util.cli import exit_on_user_error, resolve_device
 from util.config import save_config
 from util.distributed import INFERENCE_TIMEOUT, process_group
+from util.graceful_stop import GracefulStop
 
 SPLITS = ("valid_u", "valid")
 
@@ -51,7 +52,9 @@ def describe_split(split: str, videos: dict) -> str:
 
 def run_inference(args: argparse.Namespace) -> int:
     # Under torchrun each rank segments its share of the videos.
-    with process_group(resolve_device(args.device), INFERENCE_TIMEOUT) as rank:
+    # SIGTERM / SIGINT (also sent to the whole job) raise SystemExit(128 + signal) at once: the video in progress
+    # removes its staging folder, finished ones stay; the same command resumes (one process: with --skip_existing).
+    with GracefulStop(exit_at_once=True), process_group(resolve_device(args.device), INFERENCE_TIMEOUT) as rank:
         return _run_inference(args, rank)
 
 

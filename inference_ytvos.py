@@ -35,6 +35,7 @@ from metrics.protocols import score
 from util.cli import exit_on_user_error, resolve_device
 from util.config import save_config
 from util.distributed import INFERENCE_TIMEOUT, process_group
+from util.graceful_stop import GracefulStop
 
 TEST_JSON_HINT = ("the Ref-YouTube-VOS download's meta_expressions/test/meta_expressions.json; ReferFormer issue #6 "
                   "links it")
@@ -69,7 +70,9 @@ def submission_videos(data_root: Path, split: str) -> dict:
 
 def run_inference(args: argparse.Namespace) -> int:
     # Under torchrun each rank segments its share of the videos.
-    with process_group(resolve_device(args.device), INFERENCE_TIMEOUT) as rank:
+    # SIGTERM / SIGINT (also sent to the whole job) raise SystemExit(128 + signal) at once: the video in progress
+    # removes its staging folder, finished ones stay; the same command resumes (one process: with --skip_existing).
+    with GracefulStop(exit_at_once=True), process_group(resolve_device(args.device), INFERENCE_TIMEOUT) as rank:
         return _run_inference(args, rank)
 
 

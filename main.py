@@ -14,15 +14,28 @@ other key). The resolved config is written to ``<output_dir>/config.yaml``; chec
 shard of every epoch with DDP (NCCL on GPU, gloo on CPU); ``train.batch_size`` is per process and the learning
 rate is used as given, whatever the number of processes.
 
-Stopping and crashes: SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C) makes every rank finish the current
-optimizer step, write ``checkpoint_step<step>.pth`` / ``last.pth`` and exit with status 128 + the signal number
-(143 for SIGTERM, 130 for SIGINT: the run did not finish, so ``train && evaluate`` stops there); a second signal
-stops at once. Every checkpoint is written atomically, so after any crash, ``kill -9`` included, ``--resume
-<output_dir>/last.pth`` continues from the newest complete checkpoint exactly as the uninterrupted run would have
-(the same weights, bit for bit, on the same hardware), to the same end: ``--max_steps`` is saved with the run as
-``train.max_steps``. Exit status 0: the run finished (``--max_steps`` or all
-epochs); 1: an error, printed as one line when it is about the input (a missing or malformed file, a config or
-checkpoint that does not fit).
+Stopping: SIGTERM (a scheduler's preemption, ``scancel``, a time limit, ``timeout``; sent to main.py alone or to
+the whole process group or job, data-loader workers included) or SIGINT (Ctrl-C) makes every rank finish the
+current optimizer step, write ``checkpoint_step<step>.pth`` / ``last.pth`` and exit with status 128 + the signal
+number (143 for SIGTERM, 130 for SIGINT: the run did not finish, so ``train && evaluate`` stops there). A repeated
+SIGTERM changes nothing (under Slurm and torchrun each rank gets two; schedulers follow up with SIGKILL themselves);
+a second Ctrl-C stops at once. Under torchrun the agent forwards the signal to the ranks, waits for them up to its
+``--shutdown_timeout`` (30 s by default) before it SIGKILLs them, and itself exits with status 1 whatever the ranks
+did (``util/graceful_stop.py``).
+
+Crashes and exact resume: every checkpoint is written atomically, so after any crash, ``kill -9`` included,
+``--resume <output_dir>/last.pth`` continues from the newest complete checkpoint, to the same end (``--max_steps``
+is saved with the run as ``train.max_steps``). On the CPU the resumed run ends with the same weights as the
+uninterrupted run would have, bit for bit, on the same kind of CPU with the same number of processes: CPU
+reductions depend on the thread count, so a run chooses it when it starts (the cores other processes leave free
+then), prints it, records it in its checkpoints and keeps it, resumes included; two runs with the same count
+(``--set train.cpu_threads=N`` fixes it) are bit-identical too. On GPUs resume restores the data order, the RNG
+streams and the optimizer state but not the last bits of the weights: the backward pass of the deformable
+attention adds gradients with atomic operations (CUDA and Triton kernels), whose order varies from run to run.
+``--adaptive_threads`` gives up bit-exactness on the CPU too, for speed beside processes that start later.
+
+Exit status 0: the run finished (``--max_steps`` or all epochs); 1: an error, printed as one line when it is about
+the input (a missing or malformed file, a config or checkpoint that does not fit).
 """
 import argparse
 import json
@@ -36,7 +49,6 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import MultiStepLR
-from torch.utils.data import DataLoader
 
 from datasets import build_dataset
 from engine import train_one_epoch
@@ -49,10 +61,11 @@ from util.checkpoint import (CheckpointError, InitReport, build_checkpoint, capt
 from util.cli import add_device_argument, exit_on_user_error, resolve_device
 from util.config import (ConfigError, apply_overrides, differing_keys, get_key, load_config, save_config,
                          upgrade_saved_config)
+from util.cpu_threads import ThreadGovernor, free_threads, run_thread_count
 from util.distributed import (INFERENCE_TIMEOUT, all_gather_objects, any_rank_max, cleanup, epoch_order,
                               init_distributed, is_main_process, rank_device)
 from util.errors import UserInputError
-from util.graceful_stop import GracefulStop
+from util.graceful_stop import GracefulStop, StopSafeDataLoader
 from util.nested_tensor import collate_clips
 from util.train_log import TrainLog
 
@@ -60,6 +73,8 @@ from util.train_log import TrainLog
 LINEAR_PROJ_NAMES = ("reference_points", "sampling_offsets")
 # What a resumed run cannot change: the restored optimizer, scheduler and data order embody these.
 RESUME_FIXED_KEYS = ("seed", "train.lr", "train.lr_linear_proj_mult", "train.weight_decay", "train.lr_drop")
+# The CPU thread count a run trained with, in its checkpoints (util/cpu_threads.py: reductions depend on it).
+THREADS_KEY = "cpu_threads"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write checkpoint_step<step>.pth every N optimizer steps "
                              "(train.checkpoint_every)")
     parser.add_argument("--num_workers", type=int, help="data loader worker processes (train.num_workers)")
+    parser.add_argument("--adaptive_threads", action="store_true", default=None,
+                        help="on the CPU, let the thread count follow the cores that other processes leave free "
+                             "(train.adaptive_threads; util/cpu_threads.py): beside another busy process a step "
+                             "then slows in proportion instead of stalling, but the count follows the machine's "
+                             "load, so --resume and two identical runs are no longer bit-identical. Default: the "
+                             "count is chosen when the run starts (the cores free then; --set train.cpu_threads=N "
+                             "sets it), recorded in its checkpoints and kept to its end")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override any existing config key, value parsed as YAML, e.g. --set "
                              "model.dropout=0.0 --set train.lr_drop=[3,5]; repeatable")
@@ -181,14 +203,15 @@ def restore_training(checkpoint: dict, model, optimizer, scheduler, scaler) -> t
 
 
 def build_train_loader(dataset, indices: list[int], batch_size: int, num_workers: int, size_divisibility: int,
-                       seed: int, epoch: int, pin_memory: bool) -> DataLoader:
+                       seed: int, epoch: int, pin_memory: bool) -> StopSafeDataLoader:
     """Batches of ``indices`` in order (an incomplete last batch is dropped)."""
     batches = [indices[i:i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
     # An own generator keeps the loader from drawing its worker base seed from the global torch RNG, which
-    # would shift the dropout stream of a resumed run against the uninterrupted one.
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
-                      collate_fn=partial(collate_clips, size_divisibility=size_divisibility),
-                      generator=torch.Generator().manual_seed(seed + epoch))
+    # would shift the dropout stream of a resumed run against the uninterrupted one. The workers leave SIGTERM and
+    # SIGINT to this process's GracefulStop, also when the signal goes to the whole process group.
+    return StopSafeDataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
+                              collate_fn=partial(collate_clips, size_divisibility=size_divisibility),
+                              generator=torch.Generator().manual_seed(seed + epoch))
 
 
 def restore_run_rng(rng_states: list[dict], rank: int, world_size: int, data_position: int, seed: int) -> None:
@@ -207,10 +230,12 @@ def restore_run_rng(rng_states: list[dict], rank: int, world_size: int, data_pos
 def train(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> int:
     """Train; returns 0 when the run finished, ``128 + signal`` when SIGTERM/SIGINT stopped it (module doc)."""
     rank, world_size, local_rank = init_distributed(args.device)
+    threads_before = torch.get_num_threads()
     try:
         with GracefulStop() as stop:
             return _train(args, cfg, checkpoint, rank, world_size, local_rank, stop)
     finally:
+        torch.set_num_threads(threads_before)  # the run's count ends with it (callers in this process: tests)
         cleanup()
 
 
@@ -219,6 +244,7 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank, stop: GracefulSt
     train_cfg, seed = cfg["train"], cfg["seed"]
     batch_size, max_steps = train_cfg["batch_size"], train_cfg["max_steps"]
     output_dir = Path(cfg["output_dir"])
+    threads = fix_thread_count(train_cfg, checkpoint)
 
     dataset = build_dataset(cfg["dataset"], "train", cfg)  # first: a malformed dataset fails before the model loads
     seed_everything(seed)  # the same initialisation on every rank
@@ -251,6 +277,8 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank, stop: GracefulSt
         seed_everything(seed + rank)  # dropout differs between ranks
     last_saved = step if checkpoint is not None else None
     stopped_by = 0  # the signal every rank agreed to stop on
+    # One governor for the run: its ceiling is the run's thread count, whatever it set in an earlier epoch.
+    governor = ThreadGovernor() if train_cfg["adaptive_threads"] and device.type == "cpu" else None
 
     def save(name: str, saved_epoch: int, saved_position: int, saved_step: int) -> None:
         nonlocal last_saved
@@ -258,6 +286,7 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank, stop: GracefulSt
         if is_main_process():
             state = build_checkpoint(model, optimizer, scheduler, scaler, epoch=saved_epoch, step=saved_step,
                                      data_position=saved_position, rng=rng, config=cfg)
+            state[THREADS_KEY] = threads
             save_checkpoint(state, output_dir, name)
         last_saved = saved_step
 
@@ -283,7 +312,7 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank, stop: GracefulSt
             step, batches = train_one_epoch(
                 train_model, criterion, loader, optimizer, scaler, device, epoch, step=step, max_steps=max_steps,
                 amp=train_cfg["amp"], clip_max_norm=train_cfg["clip_max_norm"], log_every=train_cfg["log_every"],
-                train_log=train_log, on_step=on_step)
+                train_log=train_log, on_step=on_step, thread_governor=governor)
             if batches < len(loader):  # max_steps reached or a stop requested inside the epoch
                 if last_saved != step:
                     save(step_checkpoint_name(step), epoch, start + batches * batch_size, step)
@@ -302,6 +331,35 @@ def _train(args, cfg, checkpoint, rank, world_size, local_rank, stop: GracefulSt
     if is_main_process():
         print(f"stopped at step {step} ({epoch} epoch(s) completed); checkpoints in {output_dir}")
     return 0
+
+
+def fix_thread_count(train_cfg: dict, checkpoint: dict | None) -> int:
+    """Set torch's CPU thread count for the run and say so on rank 0; returns it, to be recorded in the checkpoints.
+
+    By default the count is fixed for the whole run (``util.cpu_threads.run_thread_count``: the config's, else the
+    resumed run's, else the cores free now; the smallest over the ranks, so that one number describes the run).
+    With ``train.adaptive_threads`` it is the governor's ceiling: the config's, else the process's count.
+    """
+    started_with = torch.get_num_threads()
+    if train_cfg["adaptive_threads"]:
+        threads, _ = run_thread_count(train_cfg["cpu_threads"], None, started_with)
+    else:
+        recorded = checkpoint.get(THREADS_KEY) if checkpoint is not None else None
+        threads, source = run_thread_count(train_cfg["cpu_threads"], recorded, free_threads(started_with))
+    threads = min(all_gather_objects(threads))
+    torch.set_num_threads(threads)
+    if not is_main_process():
+        return threads
+    if train_cfg["adaptive_threads"]:
+        print(f"CPU threads: adaptive, 1 to {threads}, following the cores other processes leave free "
+              f"(--resume and repeated runs are not bit-identical)")
+        return threads
+    print(f"CPU threads: {threads}, fixed for the whole run ({source})")
+    if recorded is not None and recorded != threads:
+        warnings.warn(f"the checkpoint was trained with {recorded} CPU thread(s), this run uses {threads} "
+                      f"(train.cpu_threads): CPU reductions depend on it, so the run does not continue bit for bit; "
+                      f"--set train.cpu_threads=null keeps the recorded count")
+    return threads
 
 
 def init_from(model: torch.nn.Module, args: argparse.Namespace) -> InitReport | None:

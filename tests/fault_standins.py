@@ -7,7 +7,8 @@ Environment variables (all optional):
 - ``FAULT_STEP_SLEEP``: seconds each training step sleeps, so that a test can signal or kill the run mid-way;
 - ``FAULT_RAISE_RANK`` and ``FAULT_RAISE_STEP``: that rank raises ``RuntimeError`` in its ``FAULT_RAISE_STEP``-th
   loss computation (1-based);
-- ``FAULT_PID_DIR``: each process writes its pid to ``<dir>/pid<RANK>`` before training.
+- ``FAULT_PID_DIR``: each process writes its pid to ``<dir>/pid<RANK>`` before training and main.py's exit status
+  to ``<dir>/status<RANK>`` when main returns (torchrun's own exit status does not tell the ranks').
 
 Each process ends with main.py's exit status (after writing its trainable weights to ``<--output_dir>/rank<RANK>.pth``
 when main returned), as ``train_standins.run_main`` does.
@@ -44,6 +45,10 @@ def build_model(cfg: dict):
 
 
 if __name__ == "__main__":
-    if "FAULT_PID_DIR" in os.environ:
-        Path(os.environ["FAULT_PID_DIR"], f"pid{RANK}").write_text(str(os.getpid()))
-    sys.exit(train_standins.run_main(build_model))
+    pid_dir = os.environ.get("FAULT_PID_DIR")
+    if pid_dir is not None:
+        Path(pid_dir, f"pid{RANK}").write_text(str(os.getpid()))
+    status = train_standins.run_main(build_model)
+    if pid_dir is not None:
+        Path(pid_dir, f"status{RANK}").write_text(str(status))
+    sys.exit(status)

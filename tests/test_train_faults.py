@@ -1,5 +1,6 @@
-"""Crash-safe training on the stand-ins: ``kill -9`` at random moments and SIGTERM/SIGINT, then ``--resume``, end
-with the same weights, optimizer, scheduler and log as a run that was never interrupted."""
+"""Crash-safe training on the stand-ins: ``kill -9`` at random moments and SIGTERM/SIGINT, to main.py alone or to
+its whole process group with data-loader workers (as Slurm, ``timeout`` and ``kill -- -PGID`` send it), then
+``--resume``, end with the same weights, optimizer, scheduler and log as a run that was never interrupted."""
 import json
 import os
 import random
@@ -47,11 +48,13 @@ def write_config(path: Path) -> Path:
 
 
 def start(args: list[str]) -> subprocess.Popen:
-    """main.py on the stand-ins in a new process, each step slowed down by STEP_SLEEP."""
+    """main.py on the stand-ins in a new process, each step slowed down by STEP_SLEEP; the process leads a process
+    group of its own (its data-loader workers join it), as a batch job's does."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FAULT_STEP_SLEEP": str(STEP_SLEEP),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, "-m", "tests.fault_standins", *args, "--max_steps", str(MAX_STEPS)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
 
 
 def wait_for_new_checkpoint(process: subprocess.Popen, last: Path, previous_mtime: int | None) -> None:
@@ -126,6 +129,42 @@ def test_a_stop_signal_checkpoints_at_the_step_boundary_and_resume_is_identical(
     assert 3 <= saved["step"] < MAX_STEPS
     assert (out / "last.pth").read_bytes() in [path.read_bytes() for path in out.glob("checkpoint_*.pth")]
     assert main.main(["--resume", str(out / "last.pth"), "--max_steps", str(MAX_STEPS)]) == 0
+    assert_same_run(reference, out)
+
+
+def test_sigterm_to_the_process_group_with_workers_stops_cleanly_and_resume_is_identical(reference, tmp_path):
+    """The group's SIGTERM reaches the two data-loader workers too (torch's own worker handler would kill them and
+    crash the step), and comes twice, as under Slurm + torchrun: the run still finishes its step, checkpoints and
+    exits 143."""
+    out = tmp_path / "out"
+    process = start(["--config", str(write_config(tmp_path / "c.yaml")), "--output_dir", str(out),
+                     "--num_workers", "2"])
+    wait_for_new_checkpoint(process, out / "last.pth", None)
+    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr and "stopped by SIGTERM after step" in stdout
+    saved = load_checkpoint(out / "last.pth")
+    assert saved["step"] == max(record["step"] for record in log_records(out)) and saved["step"] < MAX_STEPS
+    assert main.main(["--resume", str(out / "last.pth"), "--num_workers", "0", "--max_steps", str(MAX_STEPS)]) == 0
+    assert_same_run(reference, out)
+
+
+def test_sigkill_after_the_group_sigterm_leaves_a_complete_checkpoint_to_resume_exactly(reference, tmp_path):
+    """Slurm's second act: SIGKILL to every process of the job shortly after the SIGTERM, here while the run is
+    finishing its step or writing the stop checkpoint. ``last.pth`` is then the newest complete checkpoint."""
+    out = tmp_path / "out"
+    process = start(["--config", str(write_config(tmp_path / "c.yaml")), "--output_dir", str(out),
+                     "--num_workers", "2"])
+    wait_for_new_checkpoint(process, out / "last.pth", None)
+    os.killpg(process.pid, signal.SIGTERM)
+    time.sleep(STEP_SLEEP / 2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode in (-signal.SIGKILL, 143)  # 143: the stop was complete before the SIGKILL
+    assert 3 <= load_checkpoint(out / "last.pth")["step"] < MAX_STEPS
+    assert main.main(["--resume", str(out / "last.pth"), "--num_workers", "0", "--max_steps", str(MAX_STEPS)]) == 0
     assert_same_run(reference, out)
 
 

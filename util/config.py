@@ -31,6 +31,7 @@ FLAG_TO_KEY = {
     "amp": "train.amp",
     "checkpoint_every": "train.checkpoint_every",
     "num_workers": "train.num_workers",
+    "adaptive_threads": "train.adaptive_threads",
     "max_steps": "train.max_steps",
 }
 BASE_KEY = "_base_"  # the list of files a YAML config starts from

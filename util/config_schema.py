@@ -73,6 +73,8 @@ class ModelConfig:
     backbone: BackboneConfig
     text: TextConfig
     pixel_referring: bool = False  # auxiliary text-to-pixel head and loss (models/pixel_referring.py)
+    text_alignment: bool = False   # slot-word alignment added to the class logits (models/text_alignment.py)
+    sentence_queries: bool = False  # the sentence as every slot's content query (models/sentence_queries.py)
 
 
 @dataclass
@@ -112,6 +114,11 @@ class TrainConfig:
     checkpoint_every: int
     log_every: int
     max_steps: Optional[int] = None  # optimizer steps in all (main.py --max_steps); null: all epochs
+    # CPU threads, fixed for the whole run and recorded in its checkpoints (util/cpu_threads.py); null: the resumed
+    # run's count, else the cores free when the run starts. Runs saved before these keys followed the load all along;
+    # resumed, they keep one count (their resume was not bit-exact before either).
+    cpu_threads: Optional[int] = None
+    adaptive_threads: bool = False   # follow the cores other processes leave free; resume is then not bit-exact
 
 
 @dataclass

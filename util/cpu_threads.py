@@ -1,20 +1,32 @@
-"""CPU threads that follow the cores other processes leave free.
+"""CPU threads of a training run: a count chosen when the run starts and kept to its end (the default), or one that
+follows the cores other processes leave free all along (``train.adaptive_threads``).
 
-PyTorch's intra-op thread pool is as wide as the machine, and every parallel region (a convolution, a matmul,
-our deformable-attention kernel) ends when its slowest thread does. When another CPU-bound process takes one
-of the cores, the thread that shares it runs a fraction of the time, the others wait for it at the end of every
-region, and the whole step crawls: on the 2-core development machine a tiny RefShapes training step went from
-0.5 s to 4-10 s with one ``nice -n 19`` busy loop beside it (``benchmarks/bench_contention.py``). With one thread
-fewer than the runnable competitors the slowdown is proportional again.
+Why not as many threads as cores: every parallel region (a convolution, a matmul, our deformable-attention kernel)
+ends when its slowest thread does. When another CPU-bound process takes one of the cores, the thread that shares it
+runs a fraction of the time, the others wait for it at the end of every region, and the whole step crawls: on the
+2-core development machine a tiny RefShapes training step went from 0.25 s to 0.9 s beside one busy loop and, at
+32 px (many small regions), from 0.1 s to 11 s beside a ``nice -n 19`` job (``benchmarks/bench_contention.py``).
+With one thread fewer than the runnable competitors the slowdown is proportional again.
 
-:class:`ThreadGovernor` looks at the machine every few seconds and sets ``torch.set_num_threads`` to the cores
-that the other processes leave: the cores this process may run on (its affinity) minus the other processes'
-runnable threads (state R in ``/proc/*/task/*/stat``), never more than the thread count the process started
-with (``OMP_NUM_THREADS`` or torch's default), never less than one. Counting runnable threads rather than CPU
-time matters: a competitor that gets little CPU time still stalls every parallel region with its slices. Only
-threads niced far above ours are left out, where nice means something: with autogroup scheduling on (the
-default of most desktop kernels), ``nice -n 19`` in another terminal does not lower that process's share, and
-the measured slowdown was the same as without it.
+Why one count for the whole run: reductions on the CPU split their work by thread and add the partial results in
+that order, so the last bits of every step depend on the thread count (the tiny HCD's weights after six steps at
+one and at two threads differ by 2e-4). A count that changes during a run makes neither its ``--resume`` nor a
+second identical run bit-identical.
+
+So ``main.py`` chooses the count once (``run_thread_count``: the config's ``train.cpu_threads``; else, resuming,
+the count recorded in the checkpoint; else the cores free when the run starts, ``free_threads``), prints it,
+records it in every checkpoint and keeps it: a run and its ``kill -9`` + ``--resume`` end bit-identical, and so do
+two runs with the same count (``train.cpu_threads`` fixes it for runs started at different loads). A process that
+starts beside the run later is not given way to. ``train.adaptive_threads`` gives way all along
+(:class:`ThreadGovernor`), at the price of bit-exactness.
+
+The cores free: the cores this process may run on (its affinity) minus the other processes' runnable threads
+(state R in ``/proc/*/task/*/stat``), never more than the count torch started with (``OMP_NUM_THREADS`` or the
+machine's cores), never less than one. Counting runnable threads rather than CPU time matters: a competitor that
+gets little CPU time still stalls every parallel region with its slices. Only threads niced far above ours are
+left out, where nice means something: with autogroup scheduling on (the default of most desktop kernels),
+``nice -n 19`` in another terminal does not lower that process's share, and the measured slowdown was the same as
+without it.
 """
 import os
 import time
@@ -22,8 +34,32 @@ from pathlib import Path
 
 import torch
 
+from util.errors import UserInputError
+
 SAMPLES = 3  # looks at /proc per update; a thread's state is instantaneous, so average a few
 SAMPLE_GAP_S = 0.002
+
+
+def run_thread_count(configured: int | None, recorded: int | None, free: int) -> tuple[int, str]:
+    """``(threads, where the count comes from)`` for a run: ``configured`` (``train.cpu_threads``) when set, else
+    ``recorded`` (the count the resumed checkpoint was trained with; None for a new run or an older checkpoint),
+    else ``free`` (``free_threads`` when the run starts)."""
+    if configured is not None:
+        if configured < 1:
+            raise UserInputError(f"train.cpu_threads is {configured}: give a thread count >= 1, or null for the "
+                                 f"count recorded with a resumed run, else the cores free when the run starts")
+        return configured, "train.cpu_threads"
+    if recorded is not None:
+        return recorded, "recorded with the resumed run"
+    return free, "the cores free at its start; train.cpu_threads sets it"
+
+
+def free_threads(limit: int) -> int:
+    """The cores that other processes leave free now (module doc), in [1, ``limit``]; ``limit`` where ``/proc`` is
+    missing (not Linux)."""
+    if not Path("/proc/self/task").is_dir():
+        return limit
+    return threads_for(available_cores(), competing_tasks(), limit)
 
 
 def available_cores() -> int:
@@ -82,25 +118,24 @@ def threads_for(cores: int, competitors: float, limit: int) -> int:
 
 
 class ThreadGovernor:
-    """Keeps ``torch.get_num_threads()`` at the cores other processes leave free (module docstring).
+    """Keeps ``torch.get_num_threads()`` at the cores other processes leave free (``free_threads``), at most the
+    count it was created with.
 
     Call :meth:`update` often (every training step); it looks at the machine at most every ``interval_s``
-    seconds and returns the thread count it set when it changed it, else None. Does nothing where ``/proc`` is
-    missing (not Linux).
+    seconds and returns the thread count it set when it changed it, else None.
     """
 
     def __init__(self, interval_s: float = 5.0):
         self.interval_s = interval_s
         self.limit = torch.get_num_threads()
-        self.enabled = Path("/proc/self/task").is_dir()
         self._next_look = 0.0
 
     def update(self) -> int | None:
         now = time.monotonic()
-        if not self.enabled or now < self._next_look:
+        if now < self._next_look:
             return None
         self._next_look = now + self.interval_s
-        threads = threads_for(available_cores(), competing_tasks(), self.limit)
+        threads = free_threads(self.limit)
         if threads == torch.get_num_threads():
             return None
         torch.set_num_threads(threads)

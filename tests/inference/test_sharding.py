@@ -250,6 +250,46 @@ def test_a_rank_killed_by_sigkill_mid_job_is_resumed_by_the_same_command(tiny_mo
     assert tree_bytes(out) == ytvos_reference  # every PNG and the zip, byte for byte; the leftover gone
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file leases and /proc")
+def test_sigterm_to_every_process_of_the_job_leaves_no_staging_folder_and_the_same_command_resumes(
+        tiny_model_dir, refshapes_root, ytvos_reference, tmp_path):
+    """A preemption as Slurm sends it: SIGTERM to torchrun (which forwards it to each rank) and to each rank's
+    process group, while rank 1 segments its video (held opening a frame, see ``opening_waits``) and rank 0 waits
+    for it. Every process stops; the video in progress leaves no staging folder (its cleanup runs), rank 0's
+    videos are complete, there is no zip; the same command keeps rank 0's videos and ends equal to one process."""
+    data = tmp_path / "data"
+    shutil.copytree(refshapes_root, data)
+    out = tmp_path / "two"
+    annotations = out / "Annotations"
+    frames = data / "valid" / "JPEGImages"
+    counts = {video.name: len(list(video.iterdir())) for video in frames.iterdir()}
+    first, (victim, *_) = assign_videos(counts, 2)
+    args = ["--checkpoint", str(tiny_model_dir), "--data_root", str(data), "--device", "cpu", "--output_dir", str(out)]
+    with opening_waits(sorted((frames / victim).iterdir())[-1]) as rank_1_waits:
+        job = subprocess.Popen(command("inference_ytvos.py", args, 2), cwd=REPO, env=one_thread_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            wait_for(lambda: rank_1_waits() and all((annotations / video).is_dir() for video in first), job)
+            ranks = [worker_pid(job.pid, rank) for rank in (0, 1)]
+            assert None not in ranks
+            for group in (job.pid, *ranks):  # torchrun gives each rank a process group of its own
+                os.killpg(group, signal.SIGTERM)
+            log, _ = job.communicate(timeout=120)
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+                job.wait()
+    assert job.returncode != 0 and "received SIGTERM: stopping now" in log, log[-3000:]
+    assert sorted(path.name for path in annotations.iterdir()) == sorted(first)  # no hidden staging folder
+    written = tree_bytes(out)
+    assert "submission.zip" not in written and all(ytvos_reference[name] == data_ for name, data_ in written.items())
+
+    resumed = launch("inference_ytvos.py", args, 2)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming the same run: keeping {len(first)} video folders" in resumed.stderr
+    assert tree_bytes(out) == ytvos_reference
+
+
 @pytest.mark.slow  # a second entry point through the same sharded_run: 30 s, run by .ci/run (-m slow)
 def test_two_processes_write_the_same_mevis_bytes(tiny_model_dir, tmp_path):
     """inference_mevis.py --split valid (video folders and the zip) under torchrun equals one process."""

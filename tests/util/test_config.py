@@ -256,8 +256,11 @@ def test_a_mistyped_override_is_an_error_naming_the_flag(cfg):
 
 def test_defaults_are_the_behaviour_before_their_key_existed():
     assert defaults() == {"model.backbone.frozen_dtype": "float32", "model.pixel_referring": False,
+                          "model.text_alignment": False, "model.sentence_queries": False,
                           "loss.focal_gamma": 2.0, "loss.boxes_on_invalid_frames": False,
                           "loss.pixel_referring": 2.0, "loss.pixel_referring_dice": 5.0, "train.max_steps": None,
+                          # runs saved before them followed the load; they now keep one count (util/cpu_threads.py)
+                          "train.cpu_threads": None, "train.adaptive_threads": False,
                           "data.sentences_per_clip": 1, "data.refcoco_sets": None, "data.refcoco_root": "data/coco",
                           "data.refcoco_fraction": 0.5, "data.affine_degrees": 10.0, "data.affine_translate": 0.1,
                           "data.affine_scale": 0.1, "data.affine_shear": 5.0}

@@ -1,9 +1,25 @@
 import os
 
+import pytest
 import torch
 
 from util import cpu_threads
-from util.cpu_threads import ThreadGovernor, threads_for
+from util.cpu_threads import ThreadGovernor, free_threads, run_thread_count, threads_for
+from util.errors import UserInputError
+
+
+def test_a_runs_thread_count_is_the_configured_then_the_recorded_then_the_free_cores():
+    assert run_thread_count(configured=3, recorded=2, free=1) == (3, "train.cpu_threads")
+    assert run_thread_count(configured=None, recorded=2, free=1) == (2, "recorded with the resumed run")
+    assert run_thread_count(configured=None, recorded=None, free=1)[0] == 1  # a new run, an old checkpoint
+    with pytest.raises(UserInputError, match="train.cpu_threads is 0: give a thread count >= 1"):
+        run_thread_count(configured=0, recorded=None, free=1)
+
+
+def test_free_threads_leave_a_core_per_competitor_up_to_the_limit(monkeypatch):
+    monkeypatch.setattr(cpu_threads, "available_cores", lambda: 4)
+    monkeypatch.setattr(cpu_threads, "competing_tasks", lambda: 1.0)
+    assert free_threads(limit=8) == 3 and free_threads(limit=2) == 2
 
 
 def test_threads_for_leaves_a_core_per_competitor():
