@@ -6,7 +6,9 @@ from models.hcd import HCD
 from models.mask_head import HybridMaskHead
 from models.pixel_referring import PixelReferringHead
 from models.pretrained import PretrainedComponents, load_pretrained
+from models.sentence_queries import SentenceQueries
 from models.tcmr import MaskRefiner
+from models.text_alignment import TextAlignment
 from models.text_encoder import build_text_modules
 
 
@@ -23,6 +25,8 @@ def build_model(cfg: dict, components: PretrainedComponents | None = None):
     text_encoder, query_conditioner, vl_fusion = build_text_modules(
         cfg, components.roberta, components.roberta_tokenizer
     )
+    if options["sentence_queries"]:
+        query_conditioner = SentenceQueries(options["num_queries"], options["hidden_dim"])
     criterion = build_criterion(cfg)
     mask_head = HybridMaskHead(
         options["hidden_dim"],
@@ -44,5 +48,6 @@ def build_model(cfg: dict, components: PretrainedComponents | None = None):
         matcher=criterion.matcher,
         vl_fusion=vl_fusion,
         pixel_referring=PixelReferringHead(options["hidden_dim"]) if options["pixel_referring"] else None,
+        text_alignment=TextAlignment(options["hidden_dim"]) if options["text_alignment"] else None,
     )
     return model, criterion

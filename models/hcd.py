@@ -46,6 +46,7 @@ class HCD(nn.Module):
         matcher: nn.Module | None = None,
         vl_fusion: nn.Module | None = None,
         pixel_referring: nn.Module | None = None,
+        text_alignment: nn.Module | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -57,6 +58,7 @@ class HCD(nn.Module):
         self.matcher = matcher
         self.vl_fusion = vl_fusion
         self.pixel_referring = pixel_referring
+        self.text_alignment = text_alignment
         self.aux_loss = aux_loss
         hidden_dim = transformer.d_model
         backbone_channels = list(backbone.num_channels)
@@ -141,7 +143,10 @@ class HCD(nn.Module):
         num_layers = len(decoded["hs"])
         layer_indices = range(num_layers) if targets is not None and self.aux_loss else [num_layers - 1]
         pixels = self.mask_head.pixel_features(memory)  # the same for every layer
-        layers = [self._layer_output(decoded, index, pixels, valid_ratios, batch) for index in layer_indices]
+        frame_words = None if self.text_alignment is None else (
+            repeat(words, "b l c -> (b t) l c", t=num_frames), repeat(word_padding, "b l -> (b t) l", t=num_frames))
+        layers = [self._layer_output(decoded, index, pixels, valid_ratios, batch, frame_words)
+                  for index in layer_indices]
         matched = stack_targets(targets, valid_ratios.device) if targets is not None else None
         for layer in layers:
             if refine_all_queries:
@@ -196,9 +201,12 @@ class HCD(nn.Module):
         return fused
 
     def _layer_output(
-        self, decoded: dict, index: int, pixels: PixelFeatures, valid_ratios: torch.Tensor, batch: int
+        self, decoded: dict, index: int, pixels: PixelFeatures, valid_ratios: torch.Tensor, batch: int,
+        frame_words: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict:
-        """Class logits, boxes and stride-8 mask features of decoder layer ``index``."""
+        """Class logits, boxes and stride-8 mask features of decoder layer ``index``; with ``model.text_alignment``,
+        ``frame_words`` (each frame's copy of its sentence's words [N, L, C] and padding [N, L]) add the slots'
+        alignment with the words to the logits."""
         queries = decoded["hs"][index]  # [N, Q, C]
         reference = decoded["init_reference"] if index == 0 else decoded["inter_references"][index - 1]
         delta = self.bbox_embed[index](queries)  # [N, Q, 4]
@@ -207,6 +215,8 @@ class HCD(nn.Module):
         else:
             boxes = torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], dim=-1).sigmoid()
         logits = self.class_embed[index](queries)
+        if frame_words is not None:
+            logits = logits + self.text_alignment(queries, *frame_words)
         mask_features = self.mask_head(queries, pixels, boxes[..., :2].detach(), valid_ratios)  # [N, Q, c, h, w]
         low = F.pixel_shuffle(rearrange(mask_features, "n q c h w -> n (q c) h w"), self.mask_refiner.factor)
         return {
