@@ -10,32 +10,48 @@ its error and the others still run, since GPU time is scarce; the exit status is
 msda       MSDeformAttn forward and backward at the paper's encoder shapes (5 frames, levels 45x80, 23x40, 12x20,
            6x10, S = Lq = 4820, 8 heads x 32 channels, 4 points; float32 compute): median ms of --repeat runs and
            peak memory of forward + backward for the CUDA extension (installed, else built on first use, whose
-           seconds are reported), Triton and pure PyTorch, and each one's largest difference to PyTorch.
+           seconds are reported), Triton, pure PyTorch and ``auto`` (which times the GPU backends on first use
+           and keeps the faster: its choice is reported), and each one's largest difference to PyTorch.
 fps        Inference frames/s at short side 360 (640x360 frames, padded to 640x384, original size 1280x720) on
            36-frame clips, one expression each, by ReferDINO's protocol: the timed section is the model forward
            (slot selection included) + upsampling to the original size + threshold, with the GPU synchronised
            around it; decoding and writing images are outside it; FPS = sum of frames / sum of times over --videos
-           clips after one warm-up.
-sentences  K = 4 sentences of one 36-frame clip in one call, and two per call with the frames encoded once,
-           against 4 one-sentence calls: the speed-ups and the largest difference of the probabilities.
+           clips after one warm-up. Eager, and with the heavy modules compiled (``inference/compilation.py``, on a
+           copy of the model; the first clip's seconds, compilation included, are reported, and the largest
+           difference of the compiled probabilities to the eager ones). The FLOPs of a frame
+           (``torch.utils.flop_counter``: matrix products, convolutions, attention) and the share of --peak_flops
+           that each FPS uses.
+sentences  K = 4 sentences of one 36-frame clip: one call per sentence, all in one call, two per call with the
+           frames encoded once (``benchmarks/sentence_batching.py``): median seconds of interleaved rounds after a
+           warm-up of each way, the speed-ups, the share f of a one-sentence call that the sentences share (VAE,
+           CLIP vision, UNet and TCMR stems, timed alone), the cap K / (f + K (1 - f)) and each speed-up as a
+           fraction of it; the differences of the probabilities to the one-call-per-sentence ones, whether the
+           refined slots agree and the smallest score margin between the best two slots, in bf16 and in float32
+           (the frozen encoders converted, exactly, for that comparison).
 train      One training step at T = 5, batch 1, 640x384, LoRA r = 16, UNet gradient checkpointing, AMP bf16,
            AdamW: peak memory (torch.cuda.max_memory_allocated over two steps, the first allocating AdamW's
-           state) and the second step's seconds.
+           state), peak reserved memory and its ratio to the allocated peak (target <= 1.3; the allocator's
+           expandable segments are on unless PYTORCH_CUDA_ALLOC_CONF says otherwise), the allocator's retries,
+           and the second step's seconds.
 ddp        NCCL on every visible GPU: one DDP step of a small MLP (its gradients must be equal on all ranks) and
            the median all-reduce time of a float32 buffer the size of HCD's trainable parameters.
 
 --dry_run runs the same code on the CPU with the tiny offline set's components, ``configs/refshapes_tiny.yaml``,
 float32 (bf16 is emulated, hence slow, on most CPUs; the bf16 paths of the model have their own tests),
-3-frame clips of 112x64, one frame for msda (the C++ CPU kernel in the extension's row; Triton needs a GPU), and
-gloo for ddp in one process. Its figures say nothing about a GPU.
+3-frame clips of 112x64, one frame for msda (the C++ CPU kernel in the extension's row; Triton needs a GPU), the
+``eager`` compile backend (dynamo's graph capture without code generation: inductor would compile C++ for minutes)
+and gloo for ddp in one process. Its figures say nothing about a GPU.
 """
 import argparse
+import copy
 import json
 import math
+import os
 import socket
 import tempfile
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,17 +61,24 @@ import torch.multiprocessing as mp
 from torch import nn
 
 
+from benchmarks import sentence_batching
 from benchmarks.bench_msda import make_inputs, median_ms, time_backward, with_backend
+from benchmarks.frame_flops import flops
 from benchmarks.fps_protocol import protocol_fps, protocol_probabilities, synchronize, timed
 from benchmarks.full_size import (CAPTIONS, GB, REPO, build_random_model, load_tokenizers,
                                   model_config, peak_rss_gb, synthetic_clip, trainable_parameters, training_step)
-from models.ops import kernels, ms_deform_attn_pytorch
+from inference.compilation import compile_heavy_modules
+from models.ops import kernels, ms_deform_attn_function, ms_deform_attn_pytorch
 from models.pretrained import read_component_configs
 from testing.tiny_weights import build_tiny_weights
 from util.nested_tensor import NestedTensor
 
 SECTIONS = ("msda", "fps", "sentences", "train", "ddp")
 THRESHOLD = 0.5
+H200_BF16_PEAK = 790e12  # issue 21's figure for an H200's dense bf16 rate (FLOP/s)
+FIRST_GPU_FPS = 55.7  # issue 21: this section on one H200 at 4538b33, before compilation and bf16 MSDeformAttn
+ALLOCATOR_ENV = "PYTORCH_CUDA_ALLOC_CONF"
+EXPANDABLE_SEGMENTS = "expandable_segments:True"
 
 
 @dataclass(frozen=True)
@@ -73,12 +96,14 @@ class Setting:
     msda_frames: int
     ddp_backend: str
     ddp_world: int
+    compile_backend: str  # of the compiled fps measurement
+    compared_precisions: tuple[str, ...]  # of the sentences section's differences
 
 
 GPU = Setting(torch.device("cuda"), "bfloat16", REPO / "configs" / "ytvos_hcd.yaml", (360, 640), (720, 1280), 36, (384, 640),
-              5, 5, "nccl", 0)
+              5, 5, "nccl", 0, "inductor", ("bfloat16", "float32"))
 DRY_RUN = Setting(torch.device("cpu"), "float32", REPO / "configs" / "refshapes_tiny.yaml", (64, 112), (128, 224), 3,
-                  (64, 96), 3, 1, "gloo", 1)
+                  (64, 96), 3, 1, "gloo", 1, "eager", ("float32",))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,9 +117,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="timed runs per MSDeformAttn backend and pass, median reported (default 5)")
     parser.add_argument("--videos", type=int, default=3, metavar="V",
                         help="timed clips of the fps section, after one warm-up (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, metavar="R",
+                        help="timed rounds of the sentences section, medians reported (default 3)")
+    parser.add_argument("--compile_backend", metavar="NAME",
+                        help="torch.compile backend of the fps section's compiled run, or none to skip that run "
+                             "(default inductor; for --dry_run eager, i.e. dynamo's graph capture without code "
+                             "generation, which still takes ~20 s of tracing on a CPU)")
+    parser.add_argument("--peak_flops", type=float, default=H200_BF16_PEAK, metavar="FLOP/S",
+                        help="the GPU's dense bf16 rate that the fps section's FLOP rates are compared with "
+                             "(default 790e12, issue 21's figure for an H200; NVIDIA's data sheets give 989e12 for "
+                             "H100/H200 SXM and 835e12 for H200 NVL: pass your GPU's)")
     args = parser.parse_args(argv)
-    if args.repeat < 1 or args.videos < 1:
-        parser.error("--repeat and --videos must be at least 1")
+    if args.repeat < 1 or args.videos < 1 or args.rounds < 1 or args.peak_flops <= 0:
+        parser.error("--repeat, --videos and --rounds must be at least 1, --peak_flops positive")
     return args
 
 
@@ -123,6 +158,7 @@ def msda_backends(device: torch.device) -> tuple[dict, dict]:
             backends["triton"] = with_backend("triton")
     elif kernels.cpu_kernel() is not None:
         backends["cpp_cpu"] = with_backend("cpp")
+    backends["auto"] = with_backend("auto")
     return backends, notes
 
 
@@ -145,6 +181,7 @@ def msda_section(setting: Setting, args) -> dict:
         result[name] = {"forward_ms": round(forward_ms, 2), "backward_ms": round(backward_ms, 2),
                         "peak_gb": round(peak_memory_gb(device) - before, 3), "max_abs_diff_vs_pytorch": difference}
     result["shapes"] = {"frames": setting.msda_frames, "queries": inputs[0].shape[1], "levels": inputs[1].tolist()}
+    result["auto_choices"] = ms_deform_attn_function.chosen_backends()  # empty where one backend is all there is
     return result
 
 
@@ -167,31 +204,61 @@ def segment(model, samples: NestedTensor, sentences: list[str], setting: Setting
     return protocol_probabilities(model, samples, sentences, setting.frame_size, setting.original_size, setting.dtype)
 
 
+def frame_flops(model, setting: Setting) -> float:
+    """FLOPs of one frame: the FPS protocol's section on one clip with one sentence, counted by FlopCounterMode."""
+    samples = padded_clip(setting.clip_frames, setting.frame_size, setting.device, seed=0)
+    return flops(lambda: segment(model, samples, CAPTIONS[:1], setting), model) / setting.clip_frames
+
+
 def fps_section(model, setting: Setting, args) -> dict:
-    clips = ((padded_clip(setting.clip_frames, setting.frame_size, setting.device, seed=video), CAPTIONS[0],
-              setting.frame_size, setting.original_size) for video in range(args.videos + 1))  # video 0: warm-up
-    return {**protocol_fps(model, clips, setting.dtype, THRESHOLD), "clip_frames": setting.clip_frames,
-            "frame_size": list(setting.frame_size), "original_size": list(setting.original_size)}
+    def clips():  # video 0: warm-up
+        return ((padded_clip(setting.clip_frames, setting.frame_size, setting.device, seed=video), CAPTIONS[0],
+                 setting.frame_size, setting.original_size) for video in range(args.videos + 1))
+
+    per_frame = frame_flops(model, setting)
+    runs = {"eager": protocol_fps(model, clips(), setting.dtype, THRESHOLD)}
+    backend = args.compile_backend or setting.compile_backend
+    if backend != "none":
+        runs["compiled"] = compiled_fps(model, setting, backend, clips())
+    for figures in runs.values():
+        figures["fraction_of_peak"] = figures["fps"] * per_frame / args.peak_flops
+    result = {"clip_frames": setting.clip_frames, "frame_size": list(setting.frame_size),
+              "original_size": list(setting.original_size), "flops_per_frame": per_frame,
+              "peak_flops": args.peak_flops, **runs,
+              "fastest_vs_first_gpu_fps": max(figures["fps"] for figures in runs.values()) / FIRST_GPU_FPS}
+    if "compiled" in runs:
+        result["speedup_compiled_vs_eager"] = runs["compiled"]["fps"] / runs["eager"]["fps"]
+    return result
 
 
-def sentences_section(model, setting: Setting) -> dict:
+def compiled_fps(model, setting: Setting, backend: str, clips) -> dict:
+    """The fps protocol on a copy of ``model`` with its heavy modules compiled; the first clip's seconds
+    (compilation included) and the largest difference of its probabilities to the eager model's."""
+    compiled_model = copy.deepcopy(model)
+    compile_heavy_modules(compiled_model, backend)
+    first = padded_clip(setting.clip_frames, setting.frame_size, setting.device, seed=0)
+    probabilities, first_s = timed(lambda: segment(compiled_model, first, CAPTIONS[:1], setting), setting.device)
+    difference = (probabilities - segment(model, first, CAPTIONS[:1], setting)).abs().max().item()
+    return {**protocol_fps(compiled_model, clips, setting.dtype, THRESHOLD), "backend": backend,
+            "first_clip_s": first_s, "max_abs_diff_vs_eager": difference}
+
+
+def sentences_section(model, setting: Setting, args) -> dict:
     samples = padded_clip(setting.clip_frames, setting.frame_size, setting.device, seed=0)
     sentences = CAPTIONS[:4]
-    segment(model, samples, sentences[:1], setting)  # warm-up
-    shared, shared_s = timed(lambda: segment(model, samples, sentences, setting), setting.device)
-    chunked, chunked_s = timed(lambda: two_per_pass(model, samples, sentences, setting), setting.device)
-    naive, naive_s = timed(lambda: torch.cat([segment(model, samples, [s], setting) for s in sentences]),
-                           setting.device)
-    return {"sentences": len(sentences), "shared_s": shared_s, "two_per_pass_s": chunked_s, "naive_s": naive_s,
-            "speedup_shared_vs_naive": naive_s / shared_s, "speedup_two_per_pass_vs_naive": naive_s / chunked_s,
-            "max_abs_diff": max((shared - naive).abs().max().item(), (chunked - naive).abs().max().item())}
-
-
-def two_per_pass(model, samples: NestedTensor, sentences: list[str], setting: Setting) -> torch.Tensor:
-    """``segment`` two sentences at a time with the frames encoded once (``Predictor(captions_per_pass=2)``)."""
-    with model.backbone.reusing_frames():
-        return torch.cat([segment(model, samples, sentences[start:start + 2], setting)
-                          for start in range(0, len(sentences), 2)])
+    precision = "bfloat16" if setting.dtype == "bfloat16" else "float32"
+    run = {"sentences": len(sentences),
+           "speed": sentence_batching.speed(model, samples, sentences, setting.frame_size, setting.original_size,
+                                            precision, args.rounds),
+           "differences": {}}
+    for compared in setting.compared_precisions:
+        held = nullcontext() if compared == precision else sentence_batching.held_in(model, compared)
+        with held:
+            outcomes = {way: sentence_batching.run_way(model, samples, sentences, way, setting.frame_size,
+                                                       setting.original_size, compared)
+                        for way in sentence_batching.WAYS}
+        run["differences"][compared] = sentence_batching.differences(outcomes)
+    return run
 
 
 # --- train -----------------------------------------------------------------------------------------------------
@@ -208,7 +275,10 @@ def train_section(model, criterion, setting: Setting) -> dict:
     result = {"frames": setting.train_frames, "size": list(setting.train_size), "gradient_checkpointing": True,
               "weights_gb": weights_gb, "peak_gb": peak_memory_gb(device), "step_s": seconds, **step}
     if device.type == "cuda":
-        result["peak_reserved_gb"] = torch.cuda.max_memory_reserved(device) / GB
+        reserved = torch.cuda.max_memory_reserved(device) / GB
+        result.update(peak_reserved_gb=reserved, reserved_over_allocated=reserved / result["peak_gb"],
+                      allocator_retries=torch.cuda.memory_stats(device).get("num_alloc_retries", 0),
+                      allocator_config=os.environ.get(ALLOCATOR_ENV, ""))
     return result
 
 
@@ -292,7 +362,8 @@ def build(setting: Setting):
 
 
 def environment(setting: Setting) -> dict:
-    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": setting.device.type}
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "device": setting.device.type,
+            ALLOCATOR_ENV: os.environ.get(ALLOCATOR_ENV, "")}
     if setting.device.type == "cuda":
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     if kernels.triton_module() is not None:
@@ -307,6 +378,8 @@ def main(argv=None) -> None:
     if setting.device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py: no CUDA device here (torch.cuda.is_available() is False); run it where "
                          "there is one, or pass --dry_run to check the script on the CPU.")
+    # Read when the allocator first allocates, which nothing has done yet: what the training launchers set.
+    os.environ.setdefault(ALLOCATOR_ENV, EXPANDABLE_SEGMENTS)
     start = time.perf_counter()
     summary = {"dry_run": args.dry_run, **environment(setting), "sections": {}}
     sections = summary["sections"]
@@ -321,7 +394,7 @@ def main(argv=None) -> None:
         if "fps" in args.sections:
             sections["fps"] = run_section("fps", lambda: fps_section(model, setting, args))
         if "sentences" in args.sections:
-            sections["sentences"] = run_section("sentences", lambda: sentences_section(model, setting))
+            sections["sentences"] = run_section("sentences", lambda: sentences_section(model, setting, args))
         if "train" in args.sections:
             sections["train"] = run_section("train", lambda: train_section(model, criterion, setting))
         if "ddp" in args.sections:

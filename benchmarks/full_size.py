@@ -44,6 +44,18 @@ def tiny_tokenizers() -> tuple:
         return load_tokenizers(Path(tmp))
 
 
+def one_layer_configs() -> dict[str, dict]:
+    """The full-size component configs with one layer per UNet block, VAE block and encoder: every width of the
+    paper's model at a fraction of its depth (1.1 B parameters instead of 2.6 B)."""
+    configs = copy.deepcopy(read_component_configs())
+    configs["unet"]["layers_per_block"] = 1
+    configs["vae"]["layers_per_block"] = 1
+    for name in ("text_encoder", "roberta"):
+        configs[name]["num_hidden_layers"] = 1
+    configs["clip"]["vision_config"]["num_hidden_layers"] = 1
+    return configs
+
+
 def model_config(dtype: str, lora_rank: int = 16, gradient_checkpointing: bool = False, config: Path = CONFIG) -> dict:
     """``config`` (the paper's by default) with the frozen encoders held in ``dtype`` and the given LoRA and
     gradient checkpointing."""

@@ -20,6 +20,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--amp", default="none", choices=INFERENCE_AMP,
                         help="bf16 autocast of the forward pass (for CUDA)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the model's heavy modules (UNet, VAE encoder, CLIP vision, mask head, "
+                             "TCMR; inference/compilation.py): the first clip waits for the compilation (about a "
+                             "minute at full size), later clips run faster. Default: on for CUDA, off on the CPU "
+                             "(where inductor compiles C++ for minutes)")
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, data_root: str, output_dir: str, clip_len: str,
@@ -38,7 +43,14 @@ def load_predictor(args: argparse.Namespace):
     from inference.predictor import Predictor  # torch and the model only for the modes that run it
 
     cfg = load_config(args.config) if args.config else None
-    return Predictor.load(args.checkpoint, args.weights, cfg, resolve_device(args.device), args.amp)
+    device = resolve_device(args.device)
+    return Predictor.load(args.checkpoint, args.weights, cfg, device, args.amp,
+                          compile=compile_by_default(args.compile, device))
+
+
+def compile_by_default(flag: bool | None, device: str) -> bool:
+    """``--compile`` / ``--no-compile`` when given, else on for CUDA devices ("cuda", "cuda:1") only."""
+    return flag if flag is not None else device.split(":")[0] == "cuda"
 
 
 def clip_flags_problem(clip_len: int | None, overlap: int = 0) -> str | None:

@@ -21,7 +21,7 @@ depends on the clip length and the resolution, not on the length of the video.
 (``config.yaml`` + ``model.safetensors``); the frozen pretrained components come from the weights folder.
 """
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from datasets.transforms_video import make_test_transforms
 from datasets.ytvos import normalize_caption
 from inference.clips import check_clip
+from inference.compilation import compile_heavy_modules
 from models import build_model
 from models.pretrained import load_pretrained
 from util.amp import INFERENCE_AMP, autocast, check_amp
@@ -102,16 +103,21 @@ class Predictor:
             heads) together, as one batch of ``captions_per_pass`` x T frames; None: all K at once. Smaller values
             bound the memory of many sentences and, on a CPU, run faster (smaller working sets); the frames are
             encoded once per clip either way.
+        compile: ``torch.compile`` the model's heavy modules in place (``inference.compilation``): True for the
+            default backend (inductor), or a ``torch.compile`` backend (its name or the callable); the first clip
+            then waits for the compilation.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: dict, device: str | torch.device = "cpu", amp: str = "none",
-                 captions_per_pass: int | None = None):
+                 captions_per_pass: int | None = None, compile: bool | str | Callable = False):
         check_amp(amp, INFERENCE_AMP)
         if captions_per_pass is not None and captions_per_pass < 1:
             raise UserInputError(f"captions_per_pass must be None (all at once) or >= 1, got {captions_per_pass}")
         self.captions_per_pass = captions_per_pass
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        if compile:
+            compile_heavy_modules(self.model, "inductor" if compile is True else compile)
         self.cfg = cfg
         self.amp = amp
         data = cfg["data"]
@@ -121,7 +127,7 @@ class Predictor:
 
     @classmethod
     def from_state(cls, cfg: dict, state: dict[str, torch.Tensor], weights_dir, device="cpu", amp: str = "none",
-                   source: str = "the config saved with the checkpoint"):
+                   source: str = "the config saved with the checkpoint", compile: bool | str = False):
         """Build the model of ``cfg`` on the pretrained components of ``weights_dir`` and load ``state`` strictly.
         A config saved before some keys existed gets them with their old behaviour (``upgrade_saved_config``; an
         error names ``source``)."""
@@ -129,28 +135,32 @@ class Predictor:
         cfg["weights"] = str(weights_dir)
         model, _ = build_model(cfg, load_pretrained(weights_dir))
         load_model_weights(model, state)
-        return cls(model, cfg, device, amp)
+        return cls(model, cfg, device, amp, compile=compile)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint_path, weights_dir, device="cpu", amp: str = "none") -> "Predictor":
+    def from_checkpoint(cls, checkpoint_path, weights_dir, device="cpu", amp: str = "none",
+                        compile: bool | str = False) -> "Predictor":
         """Load a training checkpoint of ``main.py`` (config and trainable weights) on ``weights_dir``."""
         checkpoint = load_checkpoint(checkpoint_path)
         return cls.from_state(checkpoint["config"], checkpoint["model"], weights_dir, device, amp,
-                              source=f"the config saved in {checkpoint_path}")
+                              source=f"the config saved in {checkpoint_path}", compile=compile)
 
     @classmethod
-    def from_pretrained(cls, folder, weights_dir, device="cpu", amp: str = "none") -> "Predictor":
+    def from_pretrained(cls, folder, weights_dir, device="cpu", amp: str = "none",
+                        compile: bool | str = False) -> "Predictor":
         """Load a folder written by ``save_pretrained`` on the pretrained components of ``weights_dir``."""
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder} is not a folder; pass the folder written by Predictor.save_pretrained")
-        return cls.load(folder, weights_dir, device=device, amp=amp)
+        return cls.load(folder, weights_dir, device=device, amp=amp, compile=compile)
 
     @classmethod
-    def load(cls, path, weights_dir=None, cfg: dict | None = None, device="cpu", amp: str = "none") -> "Predictor":
+    def load(cls, path, weights_dir=None, cfg: dict | None = None, device="cpu", amp: str = "none",
+             compile: bool | str = False) -> "Predictor":
         """Load a ``main.py`` checkpoint (a ``.pth`` file) or a ``save_pretrained`` folder, whichever ``path`` is.
 
         cfg: a config to use instead of the stored one (its trainable weights must still match the stored ones);
-        weights_dir: the pretrained components, by default the config's ``weights`` folder.
+        weights_dir: the pretrained components, by default the config's ``weights`` folder; compile: as in the
+        constructor.
         """
         path = Path(path)
         if path.is_dir():
@@ -164,7 +174,8 @@ class Predictor:
             stored_cfg, state = checkpoint["config"], checkpoint["model"]
         source = f"the config saved in {path}" if cfg is None else "the config given instead of the stored one"
         cfg = stored_cfg if cfg is None else cfg
-        return cls.from_state(cfg, state, cfg["weights"] if weights_dir is None else weights_dir, device, amp, source)
+        return cls.from_state(cfg, state, cfg["weights"] if weights_dir is None else weights_dir, device, amp, source,
+                              compile)
 
     def save_pretrained(self, folder) -> Path:
         """Write ``folder/config.yaml`` (resolved config) and ``folder/model.safetensors`` (trainable weights).

@@ -5,23 +5,11 @@ width of it (UNet 320/640/1280/1280 with 64-wide heads and 1024-wide cross-atten
 text encoder 1024, RoBERTa 768, d_model 256, out_channels 256/512/1024) with one layer per UNet block and per
 encoder, so that a channel mistake anywhere in the wiring fails here, in the default test run.
 """
-import copy
-
 import pytest
 import torch
 
-from benchmarks.full_size import build_random_model, model_config, synthetic_clip, trainable_parameters, training_step
-from models.pretrained import read_component_configs
-
-
-def one_layer_configs() -> dict[str, dict]:
-    configs = copy.deepcopy(read_component_configs())
-    configs["unet"]["layers_per_block"] = 1
-    configs["vae"]["layers_per_block"] = 1
-    for name in ("text_encoder", "roberta"):
-        configs[name]["num_hidden_layers"] = 1
-    configs["clip"]["vision_config"]["num_hidden_layers"] = 1
-    return configs
+from benchmarks.full_size import (build_random_model, model_config, one_layer_configs, synthetic_clip,
+                                  trainable_parameters, training_step)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
