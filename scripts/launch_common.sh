@@ -1,4 +1,5 @@
-# Sourced by scripts/dist_*.sh. Paths are relative to the repository root, where the launchers cd to.
+# Sourced by scripts/dist_*.sh. Paths are relative to the repository root, where the launchers cd to. Exports
+# PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True unless the environment sets it.
 #   run CMD...          run CMD; with DRY_RUN=1 print it (shell-quoted, after "+") instead
 #   show_config ARGS... with DRY_RUN=1, print the config that ARGS resolve to (scripts/resolve_config.py)
 #   finish              with DRY_RUN=1, say that nothing was run
@@ -12,6 +13,9 @@
 #                       over GPUS processes, the videos shared between them); the environment's CHECKPOINT,
 #                       WEIGHTS, DATA_ROOT, OUTPUT_DIR, DEVICE override the defaults; then show_config and finish
 PYTHON=${PYTHON:-python}
+# The CUDA caching allocator maps more memory into a segment as it grows instead of reserving segments of each size
+# apart, so the peak reserved memory stays near the peak allocated (docs/gpu.md); a value already set wins.
+export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
 
 run() {
     if [ "${DRY_RUN:-0}" = 1 ]; then

@@ -199,3 +199,15 @@ def test_missing_checkpoint_is_reported_not_fatal_in_a_dry_run(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert f"# config: the one stored in {tmp_path / 'no.pth'}, which does not exist yet" in result.stdout
+
+
+@pytest.mark.parametrize("preset", [None, "expandable_segments:False"])
+def test_launchers_turn_on_expandable_segments_unless_the_environment_says_otherwise(preset):
+    environment = {key: value for key, value in os.environ.items() if key != "PYTORCH_CUDA_ALLOC_CONF"}
+    if preset is not None:
+        environment["PYTORCH_CUDA_ALLOC_CONF"] = preset
+    result = subprocess.run(["bash", "-c", ". scripts/launch_common.sh && python3 -c 'import os; "
+                             "print(os.environ[\"PYTORCH_CUDA_ALLOC_CONF\"])'"], env=environment, cwd=REPO,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (preset or "expandable_segments:True")  # exported: torchrun's workers see it

@@ -2,6 +2,7 @@
 checkpoint and save_pretrained loading."""
 import copy
 import random
+import traceback
 import weakref
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from inference.clips import clip_windows
 from inference.predictor import Predictor
@@ -20,7 +22,8 @@ from util.amp import INFERENCE_AMP, autocast
 from util.config import ConfigError, load_config
 from util.nested_tensor import nested_tensor_from_videos
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "refshapes_tiny.yaml"
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "refshapes_tiny.yaml"
 SENTENCES = ["the red circle", "a blue square moving left", "the small green triangle"]
 # Comparisons that differ only in the order of floating-point sums (batched sentences, chunks) run the model in
 # float64: the logits then agree to ~1e-13 (unit roundoff 1.1e-16 times the depth and the logits' size, < 100),
@@ -323,3 +326,32 @@ def test_stream_rejects_bad_settings_before_reading(predictor):
     with pytest.raises(ValueError, match="sentence 0 is empty"):
         predictor.stream(source, [" "], clip_len=2)
     assert source.read == 0
+
+
+class HostReads(TorchDispatchMode):
+    """Records the operators that hand a tensor's value to the host (``.item()``, ``bool()``, ``int()``, boolean
+    masks): on a GPU each one waits for the device. Each is attributed to the innermost file of this repository on
+    the stack (outside it: the library that asked, e.g. transformers)."""
+
+    OPERATORS = ("aten._local_scalar_dense", "aten.is_nonzero", "aten.nonzero", "aten.masked_select", "aten.equal")
+
+    def __init__(self):
+        super().__init__()
+        self.callers = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func.overloadpacket) in self.OPERATORS:
+            ours = [frame for frame in traceback.extract_stack() if frame.filename.startswith(str(REPO))
+                    and not frame.filename.startswith((str(REPO / ".venv"), str(REPO / "tests")))]
+            self.callers.append(f"{Path(ours[-1].filename).relative_to(REPO)}" if ours else "outside")
+        return func(*args, **(kwargs or {}))
+
+
+def test_from_frames_to_upsampled_probabilities_nothing_reads_a_value_on_the_host(predictor, video):
+    """The model's forward and the upsampling hand no tensor value to the host (no wait for a GPU between them; the
+    probabilities' one copy to the host comes last). The one exception is not ours: transformers' attention-mask
+    helper asks ``padding_mask.all()`` when models/text_encoder.py runs RoBERTa with a mask."""
+    frames = [Image.fromarray(frame) for frame in video]
+    with HostReads() as reads:
+        predictor._clip_probabilities(frames, SENTENCES)
+    assert set(reads.callers) <= {"models/text_encoder.py"}, reads.callers
