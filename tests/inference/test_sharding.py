@@ -250,6 +250,7 @@ def test_a_rank_killed_by_sigkill_mid_job_is_resumed_by_the_same_command(tiny_mo
     assert tree_bytes(out) == ytvos_reference  # every PNG and the zip, byte for byte; the leftover gone
 
 
+@pytest.mark.slow  # two torchrun jobs, 25 s; the SIGKILL test above resumes in the default suite. .ci/run: -m slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file leases and /proc")
 def test_sigterm_to_every_process_of_the_job_leaves_no_staging_folder_and_the_same_command_resumes(
         tiny_model_dir, refshapes_root, ytvos_reference, tmp_path):
