@@ -95,7 +95,7 @@ def stop_the_whole_job(tmp_path: Path, max_steps: int) -> Path:
     exited 143 after one checkpoint, torchrun itself 1 (its agent ends on a SignalException); returns the
     checkpoint."""
     pids = tmp_path / "pids"
-    pids.mkdir()
+    pids.mkdir(parents=True)
     job = torchrun(tmp_path, "--num_workers", "2", "--max_steps", str(max_steps), FAULT_STEP_SLEEP="0.05",
                    FAULT_PID_DIR=str(pids))
     last = tmp_path / "out" / "last.pth"
