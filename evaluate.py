@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from datasets import build_dataset, read_meta_expressions
@@ -58,6 +58,7 @@ from util.atomic_write import atomic_write
 from util.cli import exit_on_user_error
 from util.distributed import all_gather_objects, barrier, get_rank, get_world_size, is_main_process
 from util.errors import UserInputError
+from util.graceful_stop import StopSafeDataLoader
 from util.mask_rle import mask_to_rle, rle_to_mask
 from util.nested_tensor import collate_clips
 
@@ -206,7 +207,7 @@ def evaluate_a2d(model: torch.nn.Module, cfg: dict, amp: str, pred_dir: Path):
     dataset.transforms = KeepAnnotatedMask(dataset.transforms)
     shard = Subset(dataset, range(get_rank(), len(dataset), get_world_size()))
     device = next(model.parameters()).device
-    loader = DataLoader(shard, batch_size=cfg["train"]["batch_size"], shuffle=False,
+    loader = StopSafeDataLoader(shard, batch_size=cfg["train"]["batch_size"], shuffle=False,
                         num_workers=cfg["train"]["num_workers"], pin_memory=device.type == "cuda",
                         collate_fn=partial(collate_clips, size_divisibility=cfg["data"]["size_divisibility"]))
     predictions, ground_truth = predict_a2d_shard(model, loader, device, amp)

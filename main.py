@@ -385,22 +385,30 @@ def evaluate(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> in
 
     # The ranks meet only after segmenting their shares, which can take hours (as in inference).
     _, _, local_rank = init_distributed(args.device, INFERENCE_TIMEOUT)
+    # SIGTERM / SIGINT, also sent to the whole job, end the evaluation at once with 128 + signal, as in inference:
+    # what it writes is written atomically, and the same command evaluates again.
     try:
-        seed_everything(cfg["seed"])
-        model, _ = build_model(cfg)
-        if checkpoint is not None:
-            load_model_weights(model, checkpoint["model"])
-        report = init_from(model, args)
-        if report is not None and (report.missing or report.skipped):  # scores of a partly random model
-            raise CheckpointError(f"--eval --init_from {args.init_from}: {len(report.missing) + len(report.skipped)} "
-                                  f"trainable tensors would stay random ({(report.missing + report.skipped)[:5]}...); "
-                                  f"evaluate weights that cover the whole model")
-        model.to(rank_device(args.device, local_rank))
-        model.eval()
-        run_evaluation(model, cfg, args)
+        with GracefulStop(exit_at_once=True):
+            model = evaluation_model(args, cfg, checkpoint)
+            model.to(rank_device(args.device, local_rank))
+            run_evaluation(model, cfg, args)
     finally:
         cleanup()
     return 0
+
+
+def evaluation_model(args: argparse.Namespace, cfg: dict, checkpoint: dict | None) -> torch.nn.Module:
+    """The model of ``cfg`` in eval mode with the weights of ``checkpoint`` (``--resume``) or ``--init_from``."""
+    seed_everything(cfg["seed"])
+    model, _ = build_model(cfg)
+    if checkpoint is not None:
+        load_model_weights(model, checkpoint["model"])
+    report = init_from(model, args)
+    if report is not None and (report.missing or report.skipped):  # scores of a partly random model
+        raise CheckpointError(f"--eval --init_from {args.init_from}: {len(report.missing) + len(report.skipped)} "
+                              f"trainable tensors would stay random ({(report.missing + report.skipped)[:5]}...); "
+                              f"evaluate weights that cover the whole model")
+    return model.eval()
 
 
 def main(argv: list[str] | None = None) -> int:
