@@ -1,4 +1,4 @@
-# Two commands: `make demo` (the main job on RefShapes, CPU) and `make test` (the test suite).
+# Two commands: `make demo` (the main job on RefShapes; the GPU when one is visible, else the CPU) and `make test` (the test suite).
 # Each creates .venv when missing and reinstalls the requirements only when requirements.txt or this file changed.
 # The project itself is not installed: its folders (datasets/, models/, util/, ...) would shadow packages of the same
 # name, such as Hugging Face's datasets; every command runs from the repository root (docs/install.md).

@@ -1,4 +1,4 @@
-"""`make demo`: the whole pipeline on the embedded default, on CPU, from nothing.
+"""`make demo`: the whole pipeline on the embedded default, from nothing, on the GPU when one is visible (else the CPU).
 
 tiny offline weights -> RefShapes -> pretrain the tiny VAE on its frames -> train -> inference on RefShapes valid -> submission zip -> score ->
 random-object baseline -> a GIF of a few predictions with their sentences. It prints a short table and writes
@@ -25,13 +25,15 @@ from PIL import Image
 from datasets.ytvos import meta_expressions_path, read_meta_json
 from inference.writers import mask_png_bytes
 from metrics.tables import demo_table
+from util.cli import add_device_argument, resolve_device
 from util.config import get_key, load_config
 from util.visualisation import mask_color, overlay_frame
 
 GIF_SCALE = 2
 # The settings that the demo may change beyond the paper (docs/architecture.md, "Beyond the paper"); their paper
 # values are those of the paper's configuration.
-BEYOND_PAPER_KEYS = ("model.vl_fusion", "model.pixel_referring", "data.sentences_per_clip")
+BEYOND_PAPER_KEYS = ("model.vl_fusion", "model.pixel_referring", "model.text_alignment", "model.sentence_queries",
+                     "data.sentences_per_clip")
 PAPER_CONFIG = REPO / "configs" / "ytvos_hcd.yaml"
 
 
@@ -134,7 +136,7 @@ def run_mevis(python: str, args: argparse.Namespace, out: Path, weights: Path) -
     return {key: scores[key] for key in ("J", "F", "JF", "expressions")}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="outputs/demo", help="folder for the run, predictions and metrics.json")
     parser.add_argument("--config", default="configs/refshapes_tiny.yaml", help="training config")
@@ -144,13 +146,24 @@ def main() -> None:
     parser.add_argument("--valid_videos", type=int, default=40, help="RefShapes valid videos (scored)")
     parser.add_argument("--max_steps", type=int, default=1500, help="optimizer steps of the training run")
     parser.add_argument("--vae_steps", type=int, default=300, help="pretraining steps of the tiny VAE")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to train and infer")
+    add_device_argument(parser, "the demo trains and infers")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, the baseline and the GIF's choice")
     parser.add_argument("--mevis_steps", type=int, default=0,
                         help="also train this many steps on RefShapes in the MeViS layout (multi-object expressions; "
                              "configs/refshapes_mevis_tiny.yaml), infer valid_u and score it like MeViS's server "
                              "(metrics.json key 'mevis'); 0 skips it")
-    args = parser.parse_args()
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags; ``--device`` left out is the GPU when one is visible."""
+    args = build_parser().parse_args(argv)
+    args.device = resolve_device(args.device)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     out, data_root, weights = REPO / args.out, REPO / args.data_root, REPO / args.weights
     out.mkdir(parents=True, exist_ok=True)
     python = sys.executable
