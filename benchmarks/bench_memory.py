@@ -136,21 +136,31 @@ def backbone_activations(model: nn.Module, frames: int, height: int, width: int)
     return {"total_gb": saved.total / GB, "largest_block_gb": max(saved.by_scope.get(n, 0) for n in blocks) / GB}
 
 
-def head_activations(cfg: dict, tiny_weights: Path, frames: int, height: int, width: int) -> float:
-    """Saved-for-backward GB of everything after the backbone, on the CPU (see the module docstring)."""
+def heads_over_stand_in_backbone(cfg: dict, tiny_weights: Path, frames: int, height: int, width: int,
+                                 requires_grad: bool) -> tuple[nn.Module, NestedTensor]:
+    """The model of ``cfg`` on the CPU whose backbone hands back fixed random features of the configured widths
+    (so that everything after the backbone runs at full size without it), and an all-valid clip of ``frames``
+    frames for it; with ``requires_grad`` the features take part in autograd, as the backbone's output would."""
     cfg = dict(cfg, model=dict(cfg["model"], backbone=dict(cfg["model"]["backbone"], clip_image_size=32,
                                                             frozen_dtype="float32")))
     torch.manual_seed(0)
     model, _ = build_model(cfg, load_pretrained(tiny_weights))
-    model.train()
     channels = model.backbone.num_channels
     mask = torch.zeros(frames, height, width, dtype=torch.bool)
-    features = [torch.randn(frames, c, height // s, width // s, requires_grad=True) for c, s in zip(channels, (8, 16, 32))]
-    stride4 = torch.randn(frames, model.backbone.stride4_channels, height // 4, width // 4, requires_grad=True)
+    features = [torch.randn(frames, c, height // s, width // s, requires_grad=requires_grad)
+                for c, s in zip(channels, (8, 16, 32))]
+    stride4 = torch.randn(frames, model.backbone.stride4_channels, height // 4, width // 4,
+                          requires_grad=requires_grad)
     stand_in = BackboneOutput(features=features, masks=[resize_mask(mask, f.shape[-2:]) for f in features],
                               stride4=stride4, stride4_mask=resize_mask(mask, stride4.shape[-2:]))
     model.backbone.forward = lambda samples, captions: stand_in
-    samples = NestedTensor(torch.zeros(1, frames, 3, height, width), mask[None])
+    return model, NestedTensor(torch.zeros(1, frames, 3, height, width), mask[None])
+
+
+def head_activations(cfg: dict, tiny_weights: Path, frames: int, height: int, width: int) -> float:
+    """Saved-for-backward GB of everything after the backbone, on the CPU (see the module docstring)."""
+    model, samples = heads_over_stand_in_backbone(cfg, tiny_weights, frames, height, width, requires_grad=True)
+    model.train()
     with SavedTensors() as saved:
         model(samples, [CAPTION])  # the slot of best score is refined: as many tensors as the matched one
     return saved.total / GB

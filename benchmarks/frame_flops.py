@@ -24,11 +24,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.bench_memory import full_config, meta_model
+from benchmarks.bench_memory import full_config, heads_over_stand_in_backbone, meta_model
 from benchmarks.sentence_batching import amdahl_cap
-from models import build_model
-from models.backbone.visual_backbone import BackboneOutput, resize_mask
-from models.pretrained import load_pretrained
 from testing.tiny_weights import build_tiny_weights
 from util.nested_tensor import NestedTensor
 
@@ -72,19 +69,8 @@ def backbone_flops(model, frames: int, height: int, width: int) -> dict[str, int
 
 def head_flops(cfg: dict, tiny_weights: Path, frames: int, height: int, width: int) -> int:
     """FLOPs of everything after the backbone for ``frames`` frames, on the CPU over a stand-in backbone."""
-    cfg = dict(cfg, model=dict(cfg["model"], backbone=dict(cfg["model"]["backbone"], clip_image_size=32,
-                                                            frozen_dtype="float32")))
-    torch.manual_seed(0)
-    model, _ = build_model(cfg, load_pretrained(tiny_weights))
+    model, samples = heads_over_stand_in_backbone(cfg, tiny_weights, frames, height, width, requires_grad=False)
     model.eval()
-    channels = model.backbone.num_channels
-    mask = torch.zeros(frames, height, width, dtype=torch.bool)
-    features = [torch.randn(frames, c, height // s, width // s) for c, s in zip(channels, (8, 16, 32))]
-    stride4 = torch.randn(frames, model.backbone.stride4_channels, height // 4, width // 4)
-    stand_in = BackboneOutput(features=features, masks=[resize_mask(mask, f.shape[-2:]) for f in features],
-                              stride4=stride4, stride4_mask=resize_mask(mask, stride4.shape[-2:]))
-    model.backbone.forward = lambda samples, captions: stand_in
-    samples = NestedTensor(torch.zeros(1, frames, 3, height, width), mask[None])
     with torch.no_grad():
         return flops(lambda: model(samples, [CAPTION]), model)
 
