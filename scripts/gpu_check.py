@@ -13,14 +13,16 @@ cuda_tests  pytest on the multi-scale deformable attention tests (``tests/models
             there) and the compiled Triton kernels; limit 90 s. Summary: pytest's last line.
 bench_gpu   ``python -m benchmarks.bench_gpu --json``: every section (MSDeformAttn backends, FPS eager and compiled
             with FLOPs per frame, K sentences, training-step memory, NCCL). Summary: its JSON.
-train_step  ``python -m benchmarks.bench_train_step --device cuda --json``. Summary: its JSON.
+train_step  ``python -m benchmarks.bench_train_step --device cuda --batch_sizes 1 4 16 32 --json`` (issue 21's
+            target: the batch-32 step <= 3 x the batch-4 step). Summary: its JSON.
 demo        ``python -m scripts.run_demo --device cuda`` with its default budget, its weights, data and outputs
             under --out. Summary: its ``metrics.json``.
 
 The summary: {"dry_run", "device", "budget_s", "total_s", "stages": {name: {"status": "ok" | "failed" | "timeout"
 | "skipped", "seconds", "returncode", "log", "summary"}}, "failed_stages"}. Exit status 1 unless every stage
-ended "ok". The training stages run with the allocator's expandable segments (``PYTORCH_CUDA_ALLOC_CONF``) unless
-the environment sets it otherwise, as the launchers do.
+ended "ok". Every stage runs with the allocator's expandable segments (``PYTORCH_CUDA_ALLOC_CONF``) unless the
+environment sets it otherwise, as the launchers do. A stage runs in a session of its own; a timeout, or gpu_check
+stopped by Ctrl-C or SIGTERM, kills that session.
 
 --dry_run: the CPU, one cheap test file, ``bench_gpu --dry_run``, ``bench_train_step --dry_run`` and the demo with
 budgets of a few steps: the stages' commands and this summary work; its figures say nothing about a GPU.
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -68,8 +71,9 @@ def stages(dry_run: bool, out: Path) -> list[Stage]:
                                "--vae_steps", "2"], 300, "metrics")]
     return [Stage("cuda_tests", ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=5", *MSDA_TESTS], 90,
                   "pytest"),
-            Stage("bench_gpu", ["-m", "benchmarks.bench_gpu", "--json"], 240, "json"),
-            Stage("train_step", ["-m", "benchmarks.bench_train_step", "--device", "cuda", "--json"], 60, "json"),
+            Stage("bench_gpu", ["-m", "benchmarks.bench_gpu", "--json"], 300, "json"),
+            Stage("train_step", ["-m", "benchmarks.bench_train_step", "--device", "cuda", "--batch_sizes", "1", "4",
+                                 "16", "32", "--json"], 60, "json"),
             Stage("demo", [*demo, "--device", "cuda"], 480, "metrics")]
 
 
@@ -103,8 +107,11 @@ def run_stage(stage: Stage, seconds_left: float, out: Path, environment: dict) -
             returncode = process.wait(timeout=limit)
             status = "ok" if returncode == 0 else "failed"
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)  # the stage's own process group: its children (workers, compilers) too
-            returncode, status = process.wait(), "timeout"
+            status = "timeout"
+        finally:  # a timeout, or gpu_check itself stopped (Ctrl-C, SIGTERM): the stage's session goes with it
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)  # its own process group: workers and compilers too
+                returncode = process.wait()
     output = log.read_text(errors="replace")
     return {"status": status, "seconds": round(time.perf_counter() - start, 1), "returncode": returncode,
             "log": str(log), "summary": summarise(stage, output, out)}

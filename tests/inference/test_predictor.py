@@ -328,22 +328,45 @@ def test_stream_rejects_bad_settings_before_reading(predictor):
     assert source.read == 0
 
 
+def caller() -> str:
+    """The innermost file of this repository on the stack (outside it: "outside", e.g. transformers asked)."""
+    ours = [frame for frame in traceback.extract_stack() if frame.filename.startswith(str(REPO))
+            and not frame.filename.startswith((str(REPO / ".venv"), str(REPO / "tests")))]
+    return f"{Path(ours[-1].filename).relative_to(REPO)}" if ours else "outside"
+
+
 class HostReads(TorchDispatchMode):
-    """Records the operators that hand a tensor's value to the host (``.item()``, ``bool()``, ``int()``, boolean
-    masks): on a GPU each one waits for the device. Each is attributed to the innermost file of this repository on
-    the stack (outside it: the library that asked, e.g. transformers)."""
+    """Records what hands a tensor's value to the host: the operators behind ``.item()``, ``bool()``, ``int()`` and
+    boolean masks, and the Tensor methods that copy to the host without reaching the dispatcher (``tolist``,
+    ``numpy``, ``cpu``): on a GPU each one waits for the device. Each is attributed to its ``caller()``."""
 
     OPERATORS = ("aten._local_scalar_dense", "aten.is_nonzero", "aten.nonzero", "aten.masked_select", "aten.equal")
+    METHODS = ("tolist", "numpy", "cpu")
 
     def __init__(self):
         super().__init__()
         self.callers = []
+        self.originals = {name: getattr(torch.Tensor, name) for name in self.METHODS}
+
+    def __enter__(self):
+        for name, original in self.originals.items():
+            setattr(torch.Tensor, name, self.recorded(original))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for name, original in self.originals.items():
+            setattr(torch.Tensor, name, original)
+        return super().__exit__(*exc)
+
+    def recorded(self, method):
+        def method_recorded(tensor, *args, **kwargs):
+            self.callers.append(caller())
+            return method(tensor, *args, **kwargs)
+        return method_recorded
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if str(func.overloadpacket) in self.OPERATORS:
-            ours = [frame for frame in traceback.extract_stack() if frame.filename.startswith(str(REPO))
-                    and not frame.filename.startswith((str(REPO / ".venv"), str(REPO / "tests")))]
-            self.callers.append(f"{Path(ours[-1].filename).relative_to(REPO)}" if ours else "outside")
+            self.callers.append(caller())
         return func(*args, **(kwargs or {}))
 
 
@@ -354,4 +377,6 @@ def test_from_frames_to_upsampled_probabilities_nothing_reads_a_value_on_the_hos
     frames = [Image.fromarray(frame) for frame in video]
     with HostReads() as reads:
         predictor._clip_probabilities(frames, SENTENCES)
-    assert set(reads.callers) <= {"models/text_encoder.py"}, reads.callers
+    *before, copy_to_host, to_numpy = reads.callers  # the probabilities' .cpu().numpy(), last
+    assert copy_to_host == to_numpy == "inference/predictor.py", reads.callers
+    assert set(before) <= {"models/text_encoder.py"}, reads.callers
