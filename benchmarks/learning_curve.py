@@ -42,7 +42,9 @@ from models.hcd import best_query
 from scripts.run_demo import write_random_object_baseline
 from util.cli import add_device_argument, exit_on_user_error, resolve_device
 from util.config import apply_overrides, get_key, load_config
+from util.checkpoint import load_checkpoint
 from util.cpu_threads import ThreadGovernor
+from util.errors import UserInputError
 from util.nested_tensor import nested_tensor_from_videos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,11 +93,11 @@ def evaluate_video(predictor: Predictor, root: Path, video: str, entry: dict, ou
                       score_std=score_spreads(outputs["pred_logits"]))
 
 
-def evaluate(predictor: Predictor, data_root: Path, out: Path) -> dict:
+def evaluate(predictor: Predictor, data_root: Path, out: Path, governor: ThreadGovernor) -> dict:
     """Score a model on the valid split: ``end_summary``'s keys plus J, F, JF and by_kind ({kind: {J, F, JF, count}})
-    of the selected masks, written (and replaced) under ``out``."""
+    of the selected masks, written (and replaced) under ``out``; ``governor`` (the curve's one) sizes the thread
+    pool between videos."""
     shutil.rmtree(out, ignore_errors=True)
-    governor = ThreadGovernor()
     videos = read_meta_expressions(data_root, SPLIT)
     probes = []
     for video in sorted(videos):
@@ -174,21 +176,27 @@ def main(argv=None) -> None:
     points = {point["samples"]: point for point in curve.get("points", [])}
     train_seconds = max((point["train_seconds"] for point in points.values()), default=0.0)
     done_steps = max((point["steps"] for point in points.values()), default=0)
+    trained_steps = load_checkpoint(train_dir / "last.pth")["step"] if (train_dir / "last.pth").is_file() else 0
+    governor = ThreadGovernor()  # one for the curve: each one's ceiling is the pool its predecessor left
     for samples in args.samples:
         if samples in points:
             continue
         steps = steps_for(samples, curve["samples_per_step"])
+        if steps < trained_steps:
+            raise UserInputError(f"{samples} samples ({steps} steps) lie before the run's checkpoint "
+                                 f"{train_dir / 'last.pth'} (step {trained_steps}): the run cannot go back; score "
+                                 f"them with another --out")
         started = time.time()
         train_to(args, train_dir, steps)
         train_seconds += time.time() - started
         started = time.time()
         predictor = Predictor.from_checkpoint(train_dir / "last.pth", args.weights, device=args.device)
-        scores = evaluate(predictor, args.data_root, args.out / "valid")
+        scores = evaluate(predictor, args.data_root, args.out / "valid", governor)
         points[samples] = {"samples": samples, "steps": steps, "clips": steps * curve["batch_size"],
                            "train_seconds": round(train_seconds, 1),
                            "step_seconds": mean_step_seconds(train_dir / "log.jsonl", done_steps),
                            "eval_seconds": round(time.time() - started, 1), **scores}
-        done_steps = steps
+        done_steps = trained_steps = steps
         curve["points"] = [points[key] for key in sorted(points)]
         curve_path.write_text(json.dumps(curve, indent=1) + "\n")
         print(f"{samples} samples ({steps} steps): selected J {scores['selected_J']:.3f}, best-slot J "

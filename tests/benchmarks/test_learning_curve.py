@@ -10,6 +10,8 @@ from benchmarks.learning_curve import evaluate, main, mean_step_seconds, steps_f
 from datasets.ytvos import read_meta_expressions
 from inference.predictor import Predictor
 from util.config import load_config
+from util.cpu_threads import ThreadGovernor
+from util.errors import UserInputError
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "refshapes_tiny.yaml"
 
@@ -17,7 +19,8 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "refshapes_tiny.yaml"
 def test_the_scorer_and_the_probe_agree_on_the_selected_masks(tiny_model_dir, tiny_weights, refshapes_root, tmp_path,
                                                                one_thread):
     """J of the written masks (metrics.ytvos, the scorer of inference_ytvos.py) is the probe's selected-slot J."""
-    scores = evaluate(Predictor.load(tiny_model_dir, tiny_weights), refshapes_root, tmp_path / "valid")
+    scores = evaluate(Predictor.load(tiny_model_dir, tiny_weights), refshapes_root, tmp_path / "valid",
+                      ThreadGovernor())
     videos = read_meta_expressions(refshapes_root, "valid")
     expressions = [(video, exp_id) for video, entry in videos.items() for exp_id in entry["expressions"]]
     assert sum(kind["count"] for kind in scores["by_kind"].values()) == len(expressions)
@@ -56,3 +59,5 @@ def test_a_curve_resumes_its_run_and_keeps_its_points(tiny_weights, refshapes_ro
     assert second["points"][:2] == first["points"]  # kept, not re-measured
     assert second["points"][2]["steps"] == 3
     assert torch.load(tmp_path / "curve" / "train" / "last.pth", weights_only=False)["step"] == 3
+    with pytest.raises(UserInputError, match=r"6 samples \(2 steps\) lie before the run's checkpoint"):
+        main(common + ["--samples", "6"])  # the 3-step checkpoint cannot stand for 2 steps
