@@ -65,24 +65,24 @@ class Outcome:
 
 @contextmanager
 def held_in(model: torch.nn.Module, precision: str) -> Iterator[None]:
-    """``model`` held in ``precision`` for the block, then in its own dtypes again: float64 or float32
-    throughout, or float32 with the frozen encoders in bf16 (``bfloat16``, to run under autocast). Every way there
-    and back (float32 -> float64 -> float32, bf16 -> float32 -> bf16) is exact: the same weights in each."""
-    tensors = [(module, store, name) for module in model.modules() for store in ("_parameters", "_buffers")
-               for name, tensor in getattr(module, store).items() if tensor is not None]
-    dtypes = [getattr(module, store)[name].dtype for module, store, name in tensors]
+    """``model`` held in ``precision`` for the block, then given back its own tensors: float64 or float32
+    throughout, or float32 with the frozen encoders in bf16 (``bfloat16``, to run under autocast). The tensors
+    held before are kept aside and put back, so the model leaves the block bit for bit as it came (a float32 ->
+    bf16 -> float32 round trip would round the frozen weights for good); meanwhile both copies are in memory."""
+    places = [(module, store, name) for module in model.modules() for store in ("_parameters", "_buffers")
+              for name, tensor in getattr(module, store).items() if tensor is not None]
+    originals = [getattr(module, store)[name].data for module, store, name in places]
     model.double() if precision == "float64" else model.float()
     if precision == "bfloat16":
         model.backbone.frozen.to(torch.bfloat16)
     try:
         yield
     finally:
-        for (module, store, name), dtype in zip(tensors, dtypes):
-            tensor = getattr(module, store)[name]
+        for (module, store, name), original in zip(places, originals):
             if store == "_parameters":
-                tensor.data = tensor.data.to(dtype)
+                module._parameters[name].data = original
             else:
-                module._buffers[name] = tensor.to(dtype)
+                module._buffers[name] = original
 
 
 def calls(sentences: list[str], way: str) -> list[list[str]]:

@@ -41,7 +41,6 @@ from models.ops.pytorch_impl import ms_deform_attn_pytorch
 
 BACKEND_ENV = "HCD_MSDA_BACKEND"
 BACKENDS = ("auto", "pytorch", "cpp", "triton")
-HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
