@@ -1,4 +1,5 @@
-"""The targets of a batch of clips as batch tensors, stacked once for the matcher and every decoder layer's losses."""
+"""The targets of a batch of clips as batch tensors: the model stacks them once for its matcher (every decoder layer),
+the criterion once for every layer's losses."""
 from dataclasses import dataclass
 
 import torch
