@@ -127,7 +127,7 @@ class Predictor:
 
     @classmethod
     def from_state(cls, cfg: dict, state: dict[str, torch.Tensor], weights_dir, device="cpu", amp: str = "none",
-                   source: str = "the config saved with the checkpoint", compile: bool | str = False):
+                   source: str = "the config saved with the checkpoint", compile: bool | str | Callable = False):
         """Build the model of ``cfg`` on the pretrained components of ``weights_dir`` and load ``state`` strictly.
         A config saved before some keys existed gets them with their old behaviour (``upgrade_saved_config``; an
         error names ``source``)."""
@@ -139,7 +139,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, checkpoint_path, weights_dir, device="cpu", amp: str = "none",
-                        compile: bool | str = False) -> "Predictor":
+                        compile: bool | str | Callable = False) -> "Predictor":
         """Load a training checkpoint of ``main.py`` (config and trainable weights) on ``weights_dir``."""
         checkpoint = load_checkpoint(checkpoint_path)
         return cls.from_state(checkpoint["config"], checkpoint["model"], weights_dir, device, amp,
@@ -147,7 +147,7 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, folder, weights_dir, device="cpu", amp: str = "none",
-                        compile: bool | str = False) -> "Predictor":
+                        compile: bool | str | Callable = False) -> "Predictor":
         """Load a folder written by ``save_pretrained`` on the pretrained components of ``weights_dir``."""
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder} is not a folder; pass the folder written by Predictor.save_pretrained")
@@ -155,7 +155,7 @@ class Predictor:
 
     @classmethod
     def load(cls, path, weights_dir=None, cfg: dict | None = None, device="cpu", amp: str = "none",
-             compile: bool | str = False) -> "Predictor":
+             compile: bool | str | Callable = False) -> "Predictor":
         """Load a ``main.py`` checkpoint (a ``.pth`` file) or a ``save_pretrained`` folder, whichever ``path`` is.
 
         cfg: a config to use instead of the stored one (its trainable weights must still match the stored ones);

@@ -9,14 +9,16 @@ group. The main process of each rank owns the stop:
   ranks agree on it, ``util.distributed.any_rank_max``), writes a checkpoint and returns, and ``main.py`` exits with
   ``128 + signal number`` (143 for SIGTERM, 130 for SIGINT). A repeated SIGTERM changes nothing: under Slurm plus
   torchrun every rank gets two (the scheduler's and the agent's), and schedulers escalate with SIGKILL themselves
-  (Slurm after ``KillWait``, torchrun after its ``--shutdown_timeout``). Only a second SIGINT acts at once
-  (Ctrl-C twice: ``KeyboardInterrupt``). With ``exit_at_once`` (inference: each video is written atomically) the
+  (Slurm after ``KillWait``, torchrun after its ``--shutdown_timeout``). A SIGINT after the first signal acts at
+  once (Ctrl-C twice, or Ctrl-C after a SIGTERM: ``KeyboardInterrupt``). With ``exit_at_once`` (inference: each video is written atomically) the
   first signal raises ``SystemExit(128 + signal number)`` instead, so that the cleanups of the video in progress run.
 - ``StopSafeDataLoader``: a DataLoader whose workers leave the stop to their parent. torch's workers install a C
   handler that kills the worker on a SIGTERM from anyone but its parent (``torch/csrc/DataLoader.cpp``,
   ``handler_SIGTERM``), and the parent's SIGCHLD handler then raises "DataLoader worker ... is killed by signal:
   Terminated" in the middle of the step. Here a worker starts with SIGTERM and SIGINT blocked (the parent blocks
-  them around the fork, so there is no moment at which a worker can die of them), ignores SIGINT, and takes SIGTERM
+  them around the fork, so that under the default ``fork`` start method there is no moment at which a worker can
+  die of them; a ``forkserver`` or ``spawn`` worker does not inherit the mask and is exposed from torch's handler
+  installation until ``worker_init_fn`` blocks them), ignores SIGINT, and takes SIGTERM
   from a thread that waits for it (``sigwaitinfo``) and ends the worker only when the parent sent it: the parent's
   own shutdown of a stuck worker (``Process.terminate``) still works, a group SIGTERM does nothing.
 """
@@ -34,7 +36,7 @@ STDERR = 2  # the file descriptor
 
 class GracefulStop:
     """Context manager: while active, the first of ``STOP_SIGNALS`` sets ``signum`` (0 = no stop requested) instead
-    of acting; a repeated SIGTERM is ignored and a second SIGINT raises ``KeyboardInterrupt`` (module doc).
+    of acting; a repeated SIGTERM is ignored and a SIGINT after it raises ``KeyboardInterrupt`` (module doc).
 
     ``exit_at_once``: the first signal raises ``SystemExit(128 + signum)`` in the main thread right away.
     Outside the main thread (where Python cannot install handlers) it does nothing and ``signum`` stays 0.
