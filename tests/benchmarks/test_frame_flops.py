@@ -1,4 +1,4 @@
-"""benchmarks/frame_flops.flops: the FLOPs of a call, against counts by hand (2 FLOPs a multiply-add)."""
+"""``flops`` of benchmarks/frame_flops.py: the FLOPs of a call, against counts by hand (2 FLOPs a multiply-add)."""
 import torch
 from torch import nn
 
