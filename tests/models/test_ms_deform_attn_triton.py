@@ -117,7 +117,9 @@ def test_no_queries_gives_an_empty_output():
 def test_forced_backend_reads_bf16_value_and_weights_and_float32_locations(monkeypatch):
     """The dispatcher hands Triton bf16 value and weights as they are (no float32 copy) and the locations in
     float32. The values are those of float64 arithmetic on the bf16-rounded inputs up to two roundings: the float32
-    accumulation of the L * P * 4 = 24 bilinear terms (each below 1 here: 24 * 2^-24 < 2e-6) and the output's
+    arithmetic of the L * P * 4 = 24 bilinear terms (each below 1 here, each through at most six float32 roundings:
+    the corner weight from the location, the products with the attention weight and the value, the sum; 24 * 6 *
+    2^-24 < 1e-5) and the output's
     conversion to bf16 (8 significant bits): at most one unit in the last place, 2^-7 of the value (compiled Triton
     rounds to nearest, half of that; its interpreter truncates)."""
     calls, real = [], triton_impl._forward
@@ -134,7 +136,7 @@ def test_forced_backend_reads_bf16_value_and_weights_and_float32_locations(monke
     out = ms_deform_attn(*on_device([half[0], shapes, starts, half[1], half[2]]))
     assert calls == [(torch.bfloat16, torch.float32, torch.bfloat16)] and out.dtype == torch.bfloat16
     expected = loop_reference(half[0].double(), shapes, starts, half[1].double(), half[2].double())
-    assert (out.cpu().double() - expected).abs().le(2.0 ** -7 * expected.abs() + 2e-6).all()
+    assert (out.cpu().double() - expected).abs().le(2.0 ** -7 * expected.abs() + 1e-5).all()
 
 
 def test_cuda_backends_in_preference_order(monkeypatch):
