@@ -8,6 +8,7 @@ from models.pixel_referring import PixelReferringHead
 from models.pretrained import PretrainedComponents, load_pretrained
 from models.sentence_queries import SentenceQueries
 from models.tcmr import MaskRefiner
+from models.object_referring import ObjectReferring
 from models.text_alignment import TextAlignment
 from models.text_encoder import build_text_modules
 
@@ -49,5 +50,6 @@ def build_model(cfg: dict, components: PretrainedComponents | None = None):
         vl_fusion=vl_fusion,
         pixel_referring=PixelReferringHead(options["hidden_dim"]) if options["pixel_referring"] else None,
         text_alignment=TextAlignment(options["hidden_dim"]) if options["text_alignment"] else None,
+        object_referring=ObjectReferring(options["hidden_dim"]) if options["object_referring"] else None,
     )
     return model, criterion

@@ -47,6 +47,7 @@ class HCD(nn.Module):
         vl_fusion: nn.Module | None = None,
         pixel_referring: nn.Module | None = None,
         text_alignment: nn.Module | None = None,
+        object_referring: nn.Module | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -59,6 +60,7 @@ class HCD(nn.Module):
         self.vl_fusion = vl_fusion
         self.pixel_referring = pixel_referring
         self.text_alignment = text_alignment
+        self.object_referring = object_referring
         self.aux_loss = aux_loss
         hidden_dim = transformer.d_model
         backbone_channels = list(backbone.num_channels)
@@ -143,9 +145,9 @@ class HCD(nn.Module):
         num_layers = len(decoded["hs"])
         layer_indices = range(num_layers) if targets is not None and self.aux_loss else [num_layers - 1]
         pixels = self.mask_head.pixel_features(memory)  # the same for every layer
-        frame_words = None if self.text_alignment is None else (
+        frame_words = None if self.text_alignment is None and self.object_referring is None else (
             repeat(words, "b l c -> (b t) l c", t=num_frames), repeat(word_padding, "b l -> (b t) l", t=num_frames))
-        layers = [self._layer_output(decoded, index, pixels, valid_ratios, batch, frame_words)
+        layers = [self._layer_output(decoded, index, pixels, valid_ratios, batch, frame_words, memory[0])
                   for index in layer_indices]
         matched = stack_targets(targets, valid_ratios.device) if targets is not None else None
         for layer in layers:
@@ -202,11 +204,12 @@ class HCD(nn.Module):
 
     def _layer_output(
         self, decoded: dict, index: int, pixels: PixelFeatures, valid_ratios: torch.Tensor, batch: int,
-        frame_words: tuple[torch.Tensor, torch.Tensor] | None = None,
+        frame_words: tuple[torch.Tensor, torch.Tensor] | None = None, memory: torch.Tensor | None = None,
     ) -> dict:
-        """Class logits, boxes and stride-8 mask features of decoder layer ``index``; with ``model.text_alignment``,
-        ``frame_words`` (each frame's copy of its sentence's words [N, L, C] and padding [N, L]) add the slots'
-        alignment with the words to the logits."""
+        """Class logits, boxes and stride-8 mask features of decoder layer ``index``. With ``model.text_alignment``
+        or ``model.object_referring``, ``frame_words`` (each frame's copy of its sentence's words [N, L, C] and
+        padding [N, L]) add to the logits the slots' alignment with the words, read from the slot's decoder output
+        or from ``memory`` (the stride-8 level [N, C, h, w]) under the slot's mask and its box."""
         queries = decoded["hs"][index]  # [N, Q, C]
         reference = decoded["init_reference"] if index == 0 else decoded["inter_references"][index - 1]
         delta = self.bbox_embed[index](queries)  # [N, Q, 4]
@@ -219,6 +222,8 @@ class HCD(nn.Module):
             logits = logits + self.text_alignment(queries, *frame_words)
         mask_features = self.mask_head(queries, pixels, boxes[..., :2].detach(), valid_ratios)  # [N, Q, c, h, w]
         low = F.pixel_shuffle(rearrange(mask_features, "n q c h w -> n (q c) h w"), self.mask_refiner.factor)
+        if self.object_referring is not None:
+            logits = logits + self.object_referring(memory, low, boxes, *frame_words)
         return {
             "pred_logits": rearrange(logits, "(b t) q k -> b t q k", b=batch),
             "pred_boxes": rearrange(boxes, "(b t) q k -> b t q k", b=batch),

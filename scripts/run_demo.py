@@ -33,7 +33,7 @@ GIF_SCALE = 2
 # The settings that the demo may change beyond the paper (docs/architecture.md, "Beyond the paper"); their paper
 # values are those of the paper's configuration.
 BEYOND_PAPER_KEYS = ("model.vl_fusion", "model.pixel_referring", "model.text_alignment", "model.sentence_queries",
-                     "data.sentences_per_clip")
+                     "model.object_referring", "data.sentences_per_clip")
 PAPER_CONFIG = REPO / "configs" / "ytvos_hcd.yaml"
 
 

@@ -24,7 +24,7 @@ def test_options_beyond_paper_names_only_what_is_switched_on(tmp_path):
     paper = load_config(REPO / "configs" / "ytvos_hcd.yaml")  # the paper's values come from its config
     assert {key: get_key(paper, key) for key in run_demo.BEYOND_PAPER_KEYS} == {
         "model.vl_fusion": False, "model.pixel_referring": False, "model.text_alignment": False,
-        "model.sentence_queries": False, "data.sentences_per_clip": 1}
+        "model.sentence_queries": False, "model.object_referring": False, "data.sentences_per_clip": 1}
 
 
 def test_stage_clock_records_each_stage_in_order(monkeypatch):

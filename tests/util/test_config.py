@@ -257,6 +257,7 @@ def test_a_mistyped_override_is_an_error_naming_the_flag(cfg):
 def test_defaults_are_the_behaviour_before_their_key_existed():
     assert defaults() == {"model.backbone.frozen_dtype": "float32", "model.pixel_referring": False,
                           "model.text_alignment": False, "model.sentence_queries": False,
+                          "model.object_referring": False,
                           "loss.focal_gamma": 2.0, "loss.boxes_on_invalid_frames": False,
                           "loss.pixel_referring": 2.0, "loss.pixel_referring_dice": 5.0, "train.max_steps": None,
                           # runs saved before them followed the load; they now keep one count (util/cpu_threads.py)
