@@ -218,7 +218,7 @@ class HCD(nn.Module):
         else:
             boxes = torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], dim=-1).sigmoid()
         logits = self.class_embed[index](queries)
-        if frame_words is not None:
+        if self.text_alignment is not None:
             logits = logits + self.text_alignment(queries, *frame_words)
         mask_features = self.mask_head(queries, pixels, boxes[..., :2].detach(), valid_ratios)  # [N, Q, c, h, w]
         low = F.pixel_shuffle(rearrange(mask_features, "n q c h w -> n (q c) h w"), self.mask_refiner.factor)
