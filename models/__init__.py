@@ -4,11 +4,11 @@ from models.criterion import build_criterion
 from models.deformable_transformer import build_deformable_transformer
 from models.hcd import HCD
 from models.mask_head import HybridMaskHead
+from models.object_referring import ObjectReferring
 from models.pixel_referring import PixelReferringHead
 from models.pretrained import PretrainedComponents, load_pretrained
 from models.sentence_queries import SentenceQueries
 from models.tcmr import MaskRefiner
-from models.object_referring import ObjectReferring
 from models.text_alignment import TextAlignment
 from models.text_encoder import build_text_modules
 

@@ -5,9 +5,9 @@ The paper, like ``model.text_alignment``, scores a slot from its decoder output.
 0.78) but hardly from the decoder output (0.32 - 0.43), so a score read from the slot's query cannot match a colour
 word however it is trained. ``model.object_referring`` describes each slot, in each frame, by the memory of the
 stride-8 level averaged under the slot's own predicted mask (its sigmoid) plus a projection of its box (where it is
-and how large), both read detached so that the score does not reshape them, and adds to the slot's class logit the best scaled
-dot product of that description with a projected word of the sentence (one module shared by the decoder layers).
-Trained by the class loss like the logit it adds to. Not in the paper; off in its configurations.
+and how large), both read detached so that the score does not reshape them, and adds to the slot's class logit the
+best scaled dot product of that description with a projected word of the sentence (one module shared by the
+decoder layers). Trained by the class loss like the logit it adds to. Not in the paper; off in its configurations.
 """
 import math
 
@@ -37,8 +37,8 @@ class ObjectReferring(nn.Module):
                 padding_mask: torch.Tensor) -> torch.Tensor:
         """memory [N, C, h, w] (N = frames), mask_logits [N, Q, H', W'] with H', W' multiples of h, w (the slots'
         masks, pooled to the memory's size), boxes [N, Q, 4] (normalised cxcywh), words [N, L, C] (each frame's
-        copy of its sentence), padding_mask [N, L] (True = pad) -> logits [N, Q, 1]: max over the real words. The masks
-        and boxes are read detached: the score does not reshape them."""
+        copy of its sentence), padding_mask [N, L] (True = pad) -> logits [N, Q, 1]: max over the real words. The
+        masks and boxes are read detached: the score does not reshape them."""
         weights = F.avg_pool2d(mask_logits.detach().sigmoid(), mask_logits.shape[-1] // memory.shape[-1])
         objects = self.object(masked_average(memory, weights)) + self.box(boxes.detach())
         similarity = torch.einsum("nqc,nlc->nql", objects, self.word(words)) * self.scale

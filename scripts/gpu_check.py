@@ -103,15 +103,17 @@ def run_stage(stage: Stage, seconds_left: float, out: Path, environment: dict) -
     with log.open("w") as handle:
         process = subprocess.Popen([sys.executable, *stage.arguments], cwd=REPO, env=environment, stdout=handle,
                                    stderr=subprocess.STDOUT, start_new_session=True)
+        timed_out = False
         try:
-            returncode = process.wait(timeout=limit)
-            status = "ok" if returncode == 0 else "failed"
+            process.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            status = "timeout"
+            timed_out = True
         finally:  # a timeout, or gpu_check itself stopped (Ctrl-C, SIGTERM): the stage's session goes with it
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)  # its own process group: workers and compilers too
-                returncode = process.wait()
+                process.wait()
+    returncode = process.returncode
+    status = "timeout" if timed_out else "ok" if returncode == 0 else "failed"
     output = log.read_text(errors="replace")
     return {"status": status, "seconds": round(time.perf_counter() - start, 1), "returncode": returncode,
             "log": str(log), "summary": summarise(stage, output, out)}

@@ -74,7 +74,7 @@ class ModelConfig:
     text: TextConfig
     pixel_referring: bool = False  # auxiliary text-to-pixel head and loss (models/pixel_referring.py)
     text_alignment: bool = False   # slot-word alignment added to the class logits (models/text_alignment.py)
-    object_referring: bool = False  # words against the memory under each slot's mask and its box (models/object_referring.py)
+    object_referring: bool = False  # words against each slot's masked memory and box (models/object_referring.py)
     sentence_queries: bool = False  # the sentence as every slot's content query (models/sentence_queries.py)
 
 

@@ -10,8 +10,9 @@ group. The main process of each rank owns the stop:
   ``128 + signal number`` (143 for SIGTERM, 130 for SIGINT). A repeated SIGTERM changes nothing: under Slurm plus
   torchrun every rank gets two (the scheduler's and the agent's), and schedulers escalate with SIGKILL themselves
   (Slurm after ``KillWait``, torchrun after its ``--shutdown_timeout``). A SIGINT after the first signal acts at
-  once (Ctrl-C twice, or Ctrl-C after a SIGTERM: ``KeyboardInterrupt``). With ``exit_at_once`` (inference: each video is written atomically) the
-  first signal raises ``SystemExit(128 + signal number)`` instead, so that the cleanups of the video in progress run.
+  once (Ctrl-C twice, or Ctrl-C after a SIGTERM: ``KeyboardInterrupt``). With ``exit_at_once`` (inference: each
+  video is written atomically) the first signal raises ``SystemExit(128 + signal number)`` instead, so that the
+  cleanups of the video in progress run.
 - ``StopSafeDataLoader``: a DataLoader whose workers leave the stop to their parent. torch's workers install a C
   handler that kills the worker on a SIGTERM from anyone but its parent (``torch/csrc/DataLoader.cpp``,
   ``handler_SIGTERM``), and the parent's SIGCHLD handler then raises "DataLoader worker ... is killed by signal:
