@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,31 @@ def wait_for(condition: Callable[[], bool], job: subprocess.Popen, seconds: floa
         time.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class TwoRankJob:
+    """inference_ytvos.py over two ranks on a copy of RefShapes valid: the rank-0 videos (``first``), the first video
+    of rank 1 (``victim``) and the command's flags."""
+    out: Path
+    frames: Path
+    first: list[str]
+    victim: str
+    args: list[str]
+
+    @property
+    def annotations(self) -> Path:
+        return self.out / "Annotations"
+
+    @classmethod
+    def prepare(cls, tiny_model_dir: Path, refshapes_root: Path, tmp_path: Path) -> "TwoRankJob":
+        data, out = tmp_path / "data", tmp_path / "two"
+        shutil.copytree(refshapes_root, data)
+        frames = data / "valid" / "JPEGImages"
+        counts = {video.name: len(list(video.iterdir())) for video in frames.iterdir()}
+        first, (victim, *_) = assign_videos(counts, 2)
+        return cls(out, frames, first, victim, ["--checkpoint", str(tiny_model_dir), "--data_root", str(data),
+                                                "--device", "cpu", "--output_dir", str(out)])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="file leases and /proc")
 def test_a_rank_killed_by_sigkill_mid_job_is_resumed_by_the_same_command(tiny_model_dir, refshapes_root,
                                                                          ytvos_reference, tmp_path):
@@ -213,14 +239,9 @@ def test_a_rank_killed_by_sigkill_mid_job_is_resumed_by_the_same_command(tiny_mo
     0's videos are written and it waits for rank 1; torchrun fails. A staging folder like the one SIGKILL leaves
     in the middle of writing that video (its cleanup never runs) is put beside it. The same command again keeps
     rank 0's videos, removes the leftover, redoes the rest: every PNG and the zip equal one process's."""
-    data = tmp_path / "data"
-    shutil.copytree(refshapes_root, data)
-    out = tmp_path / "two"
-    annotations = out / "Annotations"
-    frames = data / "valid" / "JPEGImages"
-    counts = {video.name: len(list(video.iterdir())) for video in frames.iterdir()}
-    first, (victim, *_) = assign_videos(counts, 2)
-    args = ["--checkpoint", str(tiny_model_dir), "--data_root", str(data), "--device", "cpu", "--output_dir", str(out)]
+    run = TwoRankJob.prepare(tiny_model_dir, refshapes_root, tmp_path)
+    out, annotations, frames, first, victim = run.out, run.annotations, run.frames, run.first, run.victim
+    args = run.args
     # not the first frame: every rank reads each video's first frame before segmenting
     with opening_waits(sorted((frames / victim).iterdir())[-1]) as rank_1_waits:
         job = subprocess.Popen(command("inference_ytvos.py", args, 2), cwd=REPO, env=one_thread_env(),
@@ -258,14 +279,9 @@ def test_sigterm_to_every_process_of_the_job_leaves_no_staging_folder_and_the_sa
     process group, while rank 1 segments its video (held opening a frame, see ``opening_waits``) and rank 0 waits
     for it. Every process stops; the video in progress leaves no staging folder (its cleanup runs), rank 0's
     videos are complete, there is no zip; the same command keeps rank 0's videos and ends equal to one process."""
-    data = tmp_path / "data"
-    shutil.copytree(refshapes_root, data)
-    out = tmp_path / "two"
-    annotations = out / "Annotations"
-    frames = data / "valid" / "JPEGImages"
-    counts = {video.name: len(list(video.iterdir())) for video in frames.iterdir()}
-    first, (victim, *_) = assign_videos(counts, 2)
-    args = ["--checkpoint", str(tiny_model_dir), "--data_root", str(data), "--device", "cpu", "--output_dir", str(out)]
+    run = TwoRankJob.prepare(tiny_model_dir, refshapes_root, tmp_path)
+    out, annotations, frames, first, victim = run.out, run.annotations, run.frames, run.first, run.victim
+    args = run.args
     with opening_waits(sorted((frames / victim).iterdir())[-1]) as rank_1_waits:
         job = subprocess.Popen(command("inference_ytvos.py", args, 2), cwd=REPO, env=one_thread_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
