@@ -23,6 +23,9 @@ COMPILED_PARTS = ("backbone.unet_features", "backbone.frozen.vae.encoder", "back
 
 def compile_heavy_modules(model: nn.Module, backend: str | Callable = "inductor") -> None:
     """Compile ``COMPILED_PARTS`` of an HCD in place with the ``torch.compile`` backend ``backend`` (a name or the
-    callable)."""
+    callable), for static shapes: each clip shape (frames, size, sentences) gets its own graph the first time it
+    comes, and later clips of that shape reuse it. Dynamic shapes, which torch turns on at a module's first
+    recompilation, made the tiny model's second shape take over 20 minutes of symbolic-shape tracing on two CPU
+    cores; past torch's recompile limit (``torch._dynamo.config.recompile_limit``, 8 shapes) a module runs eager."""
     for name in COMPILED_PARTS:
-        model.get_submodule(name).compile(backend=backend)
+        model.get_submodule(name).compile(backend=backend, dynamic=False)
