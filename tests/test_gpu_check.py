@@ -72,6 +72,15 @@ def test_statuses_summaries_and_the_budget(tmp_path, monkeypatch, capsys):
     assert "3 passed" in (tmp_path / "cuda_tests.log").read_text()
 
 
+def test_the_pytest_summary_is_found_with_and_without_pytest_ini_quiet_flag(tmp_path):
+    stage = python_stage("cuda_tests", "", 1, "pytest")
+    quiet = ".......  [100%]\n4.11s call  tests/x.py::t\n7 passed, 1 skipped in 4.42s\n"  # what pytest.ini's -q gives
+    assert gpu_check.summarise(stage, quiet, tmp_path) == "7 passed, 1 skipped in 4.42s"
+    assert gpu_check.summarise(stage, "== 1 failed, 6 passed in 9.10s (0:00:09) ==\n", tmp_path) == \
+        "1 failed, 6 passed in 9.10s (0:00:09)"
+    assert gpu_check.summarise(stage, "collecting ...\nKeyboardInterrupt\n", tmp_path) is None
+
+
 def test_a_stopped_check_kills_the_running_stage(tmp_path, monkeypatch):
     """gpu_check interrupted (here: Ctrl-C as KeyboardInterrupt a second into the stage) leaves no stage running:
     the stage has a session of its own, which the terminal's Ctrl-C would not reach."""
