@@ -74,7 +74,8 @@ def test_statuses_summaries_and_the_budget(tmp_path, monkeypatch, capsys):
 
 def test_the_pytest_summary_is_found_with_and_without_pytest_ini_quiet_flag(tmp_path):
     stage = python_stage("cuda_tests", "", 1, "pytest")
-    quiet = ".......  [100%]\n4.11s call  tests/models/test_msda_backend_choice.py::t\n7 passed, 1 skipped in 4.42s\n"  # what pytest.ini's -q gives
+    quiet = (".......  [100%]\n4.11s call  tests/models/test_msda_backend_choice.py::t\n"  # as pytest.ini's -q prints
+             "7 passed, 1 skipped in 4.42s\n")
     assert gpu_check.summarise(stage, quiet, tmp_path) == "7 passed, 1 skipped in 4.42s"
     assert gpu_check.summarise(stage, "== 1 failed, 6 passed in 9.10s (0:00:09) ==\n", tmp_path) == \
         "1 failed, 6 passed in 9.10s (0:00:09)"
