@@ -30,13 +30,13 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from benchmarks.fps_protocol import synchronize, timed
 from benchmarks.full_size import synthetic_clip, trainable_parameters
 from engine import targets_to, to_float32, weighted_losses
 from models import build_model
@@ -91,11 +91,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_step(model, criterion, optimizer, clip_max_norm: float, device: torch.device):
     """The training step of ``engine.train_one_epoch`` on one batch, without its logging and loss checks."""
     params = trainable_parameters(model)
@@ -116,14 +111,7 @@ def make_step(model, criterion, optimizer, clip_max_norm: float, device: torch.d
 
 def timed_steps(step, batch, count: int, device: torch.device) -> list[float]:
     """Wall seconds of ``count`` steps, each between two device synchronisations."""
-    seconds = []
-    for _ in range(count):
-        synchronize(device)
-        start = time.perf_counter()
-        step(batch)
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return seconds
+    return [timed(lambda: step(batch), device)[1] for _ in range(count)]
 
 
 def union_length(intervals: list[tuple[float, float]]) -> float:

@@ -32,7 +32,6 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.fps_protocol import timed
 from benchmarks.full_size import (CAPTIONS, REPO, autocast, build_random_model, load_tokenizers, model_config,
                                   one_layer_configs)
 from models.pretrained import read_component_configs
@@ -124,19 +124,6 @@ def differences(outcomes: dict[str, Outcome]) -> dict:
     return result
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def seconds_of(fn, device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def timings(model, samples: NestedTensor, sentences: list[str], resized, original, precision: str,
             repeats: int) -> dict[str, float]:
     """Median seconds of each way over ``repeats`` interleaved rounds, after one untimed run of each (first
@@ -145,8 +132,8 @@ def timings(model, samples: NestedTensor, sentences: list[str], resized, origina
     runs = {way: [] for way in WAYS}
     for round_index in range(repeats + 1):
         for way in WAYS:
-            seconds = seconds_of(lambda: run_way(model, samples, sentences, way, resized, original, precision),
-                                 samples.tensors.device)
+            _, seconds = timed(lambda: run_way(model, samples, sentences, way, resized, original, precision),
+                               samples.tensors.device)
             if round_index > 0:
                 runs[way].append(seconds)
     return {way: statistics.median(values) for way, values in runs.items()}
@@ -162,7 +149,7 @@ def shared_seconds(model, samples: NestedTensor, precision: str, repeats: int) -
         stages = {"encode_frames": lambda: backbone.encode_frames(frames, samples.mask),
                   "unet_stem": lambda: backbone.unet_features.stem(encoding.latents),
                   "tcmr_stem": lambda: backbone.temporal_stem(encoding.frames)}
-        return {name: statistics.median(seconds_of(fn, device) for _ in range(repeats))
+        return {name: statistics.median(timed(fn, device)[1] for _ in range(repeats))
                 for name, fn in stages.items()}
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.text_alignment import best_word_alignment
+
 
 def masked_average(memory: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """memory [N, C, h, w], weights [N, Q, h, w] in [0, 1] -> [N, Q, C]: each slot's weighted average of the
@@ -41,6 +43,4 @@ class ObjectReferring(nn.Module):
         masks and boxes are read detached: the score does not reshape them."""
         weights = F.avg_pool2d(mask_logits.detach().sigmoid(), mask_logits.shape[-1] // memory.shape[-1])
         objects = self.object(masked_average(memory, weights)) + self.box(boxes.detach())
-        similarity = torch.einsum("nqc,nlc->nql", objects, self.word(words)) * self.scale
-        similarity = similarity.masked_fill(padding_mask[:, None, :], torch.finfo(similarity.dtype).min)
-        return similarity.max(dim=-1, keepdim=True).values
+        return best_word_alignment(objects, self.word(words), padding_mask, self.scale)

@@ -12,6 +12,15 @@ import torch
 from torch import nn
 
 
+def best_word_alignment(slots: torch.Tensor, words: torch.Tensor, padding_mask: torch.Tensor,
+                        scale: float) -> torch.Tensor:
+    """slots [N, Q, C] and words [N, L, C] (both projected), padding_mask [N, L] (True = pad) -> logits [N, Q, 1]:
+    for each slot the largest ``scale`` x dot product with a real word."""
+    similarity = torch.einsum("nqc,nlc->nql", slots, words) * scale
+    similarity = similarity.masked_fill(padding_mask[:, None, :], torch.finfo(similarity.dtype).min)
+    return similarity.max(dim=-1, keepdim=True).values
+
+
 class TextAlignment(nn.Module):
     """Per-slot alignment logits with the words of its sentence (module docstring)."""
 
@@ -24,6 +33,4 @@ class TextAlignment(nn.Module):
     def forward(self, queries: torch.Tensor, words: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """queries [N, Q, C] (N = frames, each with its sentence's copy of the words), words [N, L, C],
         padding_mask [N, L] (True = pad) -> logits [N, Q, 1]: max over the real words of the scaled dot product."""
-        similarity = torch.einsum("nqc,nlc->nql", self.query(queries), self.word(words)) * self.scale
-        similarity = similarity.masked_fill(padding_mask[:, None, :], torch.finfo(similarity.dtype).min)
-        return similarity.max(dim=-1, keepdim=True).values
+        return best_word_alignment(self.query(queries), self.word(words), padding_mask, self.scale)

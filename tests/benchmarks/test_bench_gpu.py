@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import bench_gpu, fps_protocol, sentence_batching
+from benchmarks import bench_gpu, fps_protocol
 from tests.benchmarks.test_bench_fps import StepClock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -13,10 +13,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_dry_run_runs_every_section_and_ends_with_json(capsys, monkeypatch):
     """Every section on the CPU; the compiled fps run is left to the slow gpu_check dry run (dynamo's tracing
     alone takes ~20 s here). Each timed call reads the stepping clock twice: it lasts 0.25 s."""
-    monkeypatch.setattr(fps_protocol, "time", StepClock(0.25))
+    monkeypatch.setattr(fps_protocol, "time", StepClock(0.25))  # the FPS and the sentence timings read it
     monkeypatch.setenv(bench_gpu.ALLOCATOR_ENV, "set by the test")
     monkeypatch.delenv(bench_gpu.ALLOCATOR_ENV)  # unset now; after the test, as before it (main() sets it)
-    monkeypatch.setattr(sentence_batching, "time", StepClock(0.25))
     bench_gpu.main(["--dry_run", "--json", "--repeat", "1", "--videos", "1", "--rounds", "1",
                     "--compile_backend", "none"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -15,12 +15,17 @@ from util.nested_tensor import NestedTensor
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "refshapes_tiny.yaml"
 
 
+def make_identity(*linears: torch.nn.Linear) -> None:
+    """Square linear layers set to the identity, so that the scores can be worked out by hand."""
+    with torch.no_grad():
+        for linear in linears:
+            linear.weight.copy_(torch.eye(linear.in_features))
+            linear.bias.zero_()
+
+
 def test_alignment_is_the_best_real_word_match():
     alignment = TextAlignment(4)
-    with torch.no_grad():
-        for linear in (alignment.query, alignment.word):
-            linear.weight.copy_(torch.eye(4))
-            linear.bias.zero_()
+    make_identity(alignment.query, alignment.word)
     queries = torch.tensor([[[1.0, 0, 0, 0], [0, 1.0, 0, 0]]])  # [1, 2, 4]
     words = torch.tensor([[[2.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 9.0, 0, 0]]])  # the last word is padding
     padding = torch.tensor([[False, False, True]])
@@ -39,10 +44,8 @@ def test_masked_average_by_hand():
 
 def test_object_referring_scores_the_words_against_each_slots_masked_memory_and_box():
     referring = ObjectReferring(2)
+    make_identity(referring.object, referring.word)
     with torch.no_grad():
-        for linear in (referring.object, referring.word):
-            linear.weight.copy_(torch.eye(2))
-            linear.bias.zero_()
         referring.box.weight.zero_()
         referring.box.weight[1, 0] = 1.0  # the box's centre x to channel 1
         referring.box.bias.zero_()
