@@ -7,9 +7,9 @@ MSDeformAttn layer calls a custom kernel whose dispatch is kept out of graphs (`
 transformer would be cut at each layer, and it holds a small share of the arithmetic (d_model 256).
 
 Each module is compiled in place (``nn.Module.compile``): parameter names and state dicts do not change, so a
-compiled model saves and loads like an eager one. ``torch.compile`` specialises on the first clip's shapes and
-recompiles once, with dynamic sizes, when they change (a shorter last clip, another resolution, another number of
-sentences). Under inductor on a GPU the convolutions get the channels-last layout where inductor finds it pays
+compiled model saves and loads like an eager one. Shapes are static: each clip shape (a shorter last clip, another
+resolution, another number of sentences) compiles its own graph once (``compile_heavy_modules``). Under inductor
+on a GPU the convolutions get the channels-last layout where inductor finds it pays
 (``torch._inductor.config.layout_optimization``); SDPA (flash or memory-efficient attention) is what diffusers'
 attention processors call in eager mode already.
 """

@@ -18,10 +18,11 @@ group. The main process of each rank owns the stop:
   ``handler_SIGTERM``), and the parent's SIGCHLD handler then raises "DataLoader worker ... is killed by signal:
   Terminated" in the middle of the step. Here a worker starts with SIGTERM and SIGINT blocked (the parent blocks
   them around the fork, so that under the default ``fork`` start method there is no moment at which a worker can
-  die of them; a ``forkserver`` or ``spawn`` worker does not inherit the mask and is exposed from torch's handler
-  installation until ``worker_init_fn`` blocks them), ignores SIGINT, and takes SIGTERM
-  from a thread that waits for it (``sigwaitinfo``) and ends the worker only when the parent sent it: the parent's
-  own shutdown of a stuck worker (``Process.terminate``) still works, a group SIGTERM does nothing.
+  die of them, nor with ``spawn``, whose child inherits the mask too; a ``forkserver`` worker forks from a server
+  started earlier and is exposed from torch's handler installation until ``worker_init_fn`` blocks them), ignores
+  SIGINT, and takes SIGTERM from a thread that waits for it (``sigwaitinfo``) and ends the worker only when the
+  parent sent it: the parent's own shutdown of a stuck worker (``Process.terminate``) still works, a group SIGTERM
+  does nothing.
 """
 import os
 import signal
