@@ -24,12 +24,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.bench_memory import full_config, heads_over_stand_in_backbone, meta_model
+from benchmarks.bench_memory import CAPTION, full_config, heads_over_stand_in_backbone, meta_model
 from benchmarks.sentence_batching import amdahl_cap
 from testing.tiny_weights import build_tiny_weights
 from util.nested_tensor import NestedTensor
 
-CAPTION = "a person in a red jacket riding a bike to the left"
 SHARED = ("vae_encoder", "clip_vision", "unet_stem", "tcmr_stem")
 
 
